@@ -1,6 +1,7 @@
 # The image half of dockyard.
 #   core         domain types and role-split Protocols (no I/O)
 #   reference    Docker reference parsing/normalisation
+#   digest       digest parsing, hashing, verifying readers
 #   mediatypes, manifest, platform   image formats and platform selection
 #   content      content store (blobs by digest, ingests, labels)
 #   leases, gc   garbage collection roots and sweep
