@@ -21,6 +21,7 @@ from pathlib import Path
 
 from dockyard import errdefs
 from dockyard.image.core import Descriptor
+from dockyard.image.reference import parse_reference
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -53,18 +54,10 @@ class Image:
 
 
 def normalize_name(name: str) -> str:
-    """Normalise a user-typed reference ("busybox") to its full form.
-
-    Falls back to the name as given when the reference module is absent or
-    cannot parse it: a store must still be able to hold names it did not
-    make (for example OCI layout names without a registry part).
-    """
+    """Normalise a user-typed reference ("busybox") to its full form
+    ("docker.io/library/busybox:latest"), as Docker resolves it."""
     if not name or name != name.strip():
         raise errdefs.InvalidArgument(f"invalid image name {name!r}: must be non-empty, no spaces")
-    try:
-        from dockyard.image.reference import parse_reference
-    except ImportError:
-        return name
     try:
         return str(parse_reference(name))
     except errdefs.InvalidArgument as exc:

@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from dockyard import errdefs
@@ -32,6 +32,7 @@ from dockyard.image.core import (
     Snapshotter,
 )
 from dockyard.image.images import Image
+from dockyard.image.manifest import chain_ids
 from dockyard.image.mediatypes import is_index, is_manifest, layer_compression
 from dockyard.image.platform import Platform, select_manifest
 
@@ -62,16 +63,6 @@ class UnpackResult:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def chain_ids(diff_ids: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    for diff_id in diff_ids:
-        if not out:
-            out.append(diff_id)
-        else:
-            out.append("sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest())
-    return out
 
 
 def read_json(content: Provider, desc: Descriptor) -> dict:

@@ -24,8 +24,7 @@ def run_hook(kind: str, hook: Hook, state: dict) -> None:
     try:
         proc = subprocess.run(argv, executable=hook.path, input=json.dumps(state).encode(),
                               env=dict(e.split("=", 1) for e in hook.env if "=" in e),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              timeout=hook.timeout, close_fds=True)
+                              capture_output=True, timeout=hook.timeout, close_fds=True)
     except subprocess.TimeoutExpired as exc:
         raise HookError(f"{kind} hook {hook.path} timed out after {hook.timeout}s") from exc
     except OSError as exc:

@@ -24,7 +24,7 @@ from dockyard.image.distribution import (
 )
 from dockyard.image.distribution.pull import PullOptions
 from dockyard.image.distribution.push import PushOptions
-from tests.fixtures.registry import OCI_INDEX, make_test_image, sha256
+from tests.fixtures.registry import OCI_INDEX, make_test_image, push_test_image, sha256
 
 pytestmark = [pytest.mark.integration]
 
@@ -131,11 +131,9 @@ def test_cross_repository_mount(registry, stores):
 
 
 def test_pushing_an_existing_image_skips_every_blob(registry, stores):
-    image = make_test_image(layer_count=1, layer_size=1000)
     source = stores("source")
-    target = image.ingest(source)
-    ref = registry.repo("again") + ":1"
-    push(ref, source, target)
+    image, ref = push_test_image(registry, source, "again", tag="1", layer_count=1)
+    target = Descriptor(image.manifest_media_type, image.manifest_digest, len(image.manifest))
     result = push(ref.replace(":1", ":2"), source, target)
     assert set(result.skipped) == set(image.blobs())
 
@@ -392,3 +390,18 @@ def test_concurrent_pulls_of_one_image_share_the_store(registry, stores):
     assert errors == []
     for result in results:
         _assert_complete(dest, image, result)
+
+
+def test_docker_hub_names_go_to_the_mirror(registry, stores):
+    from dockyard.image.distribution import RegistryConfig
+
+    image = make_test_image(layer_count=1, layer_size=2000)
+    source = stores("source")
+    name = registry.repo("hub").split("/", 1)[1]
+    # an official image lives under library/ on a Docker Hub mirror
+    push(f"{registry.host}/library/{name}:1", source, image.ingest(source))
+    dest = stores("dest")
+    result = pull(f"{name}:1", dest, config=RegistryConfig(mirrors=(registry.url,)),
+                  options=FAST)
+    assert str(result.reference) == f"docker.io/library/{name}:1"
+    _assert_complete(dest, image, result)

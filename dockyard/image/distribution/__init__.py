@@ -8,11 +8,11 @@
 #   push         content store → registry (exists check, cross-repo mount, uploads)
 
 from dockyard.image.distribution.auth import Authenticator
-from dockyard.image.distribution.client import RegistryClient
+from dockyard.image.distribution.client import RegistryClient, RegistryError
 from dockyard.image.distribution.credentials import Credentials, CredentialStore
 from dockyard.image.distribution.progress import ProgressEvent
-from dockyard.image.distribution.pull import PullResult, pull
-from dockyard.image.distribution.push import PushResult, push
+from dockyard.image.distribution.pull import PullOptions, PullResult, pull
+from dockyard.image.distribution.push import PushOptions, PushResult, push
 from dockyard.image.distribution.registry import Endpoint, RegistryConfig, resolve_endpoints
 
 __all__ = [
@@ -21,10 +21,13 @@ __all__ = [
     "Credentials",
     "Endpoint",
     "ProgressEvent",
+    "PullOptions",
     "PullResult",
+    "PushOptions",
     "PushResult",
     "RegistryClient",
     "RegistryConfig",
+    "RegistryError",
     "pull",
     "push",
     "resolve_endpoints",

@@ -100,12 +100,17 @@ class Authenticator:
     def __init__(self, credentials: CredentialStore | None = None,
                  http: httpx.Client | None = None) -> None:
         self._credentials = credentials
+        self._owns_http = http is None
         self._http = http or httpx.Client(timeout=30)
         self._lock = threading.Lock()
         self._challenges: dict[str, Challenge] = {}
         self._tokens: dict[tuple, tuple[str, float]] = {}
         self._creds_cache: dict[str, Credentials | None] = {}
         self.token_requests = 0  # observable by tests and logs
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
 
     def credentials_for(self, host: str) -> Credentials | None:
         with self._lock:

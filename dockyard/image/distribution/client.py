@@ -103,10 +103,11 @@ class RegistryClient:
 
     def _send(self, method: str, url: str | httpx.URL, *, scopes: tuple[str, ...] | None = None,
               headers: dict[str, str] | None = None, content: bytes | None = None,
-              stream: bool = False, retries: int | None = None) -> httpx.Response:
+              stream: bool = False, retries: int | None = None,
+              authenticate: bool = True) -> httpx.Response:
         scopes = scopes or self.scopes
         tries = retries or self.retries
-        auth_retried = False
+        auth_retried = not authenticate
         attempt = 0
         while True:
             request_headers = dict(headers or {})
@@ -144,7 +145,7 @@ class RegistryClient:
 
     def ping(self) -> None:
         """GET /v2/: proves the endpoint speaks the API and learns its auth scheme."""
-        response = self._send("GET", f"{self.endpoint.url}/v2/", retries=1)
+        response = self._send("GET", f"{self.endpoint.url}/v2/", retries=1, authenticate=False)
         response.close()
         if response.status_code == 401:
             # Anonymous may still be fine for this repository; just learn the challenge.

@@ -66,14 +66,31 @@ def pull(reference: str | Reference, store: ContentStore, *,
          config: RegistryConfig | None = None, progress: ProgressSink | None = None,
          unpack: UnpackCallback | None = None, options: PullOptions | None = None,
          auth: Authenticator | None = None) -> PullResult:
-    """Pull reference into store; raise Unauthorized, NotFound, DataLoss or
-    Unavailable with Docker's wording when it cannot."""
+    """Pull reference into store and return its verified descriptors.
+
+    platform picks an index entry ("linux/arm64/v8"; default: the host's).
+    unpack(layer) is called for every layer in manifest order, including ones
+    already present, each as soon as its blob is committed, while later layers
+    still download; an exception from it aborts the pull. Raises
+    Unauthorized, NotFound, DataLoss or Unavailable with Docker's wording.
+    """
     ref = reference if isinstance(reference, Reference) else parse_reference(reference)
     options = options or PullOptions()
     if platform:
         options = replace(options, platform=platform)
+    own_auth = auth is None
     auth = auth or Authenticator(credentials)
-    reporter = Reporter(progress)
+    try:
+        return _pull_from_endpoints(ref, store, auth, config, options, Reporter(progress),
+                                    unpack)
+    finally:
+        if own_auth:
+            auth.close()
+
+
+def _pull_from_endpoints(ref: Reference, store: ContentStore, auth: Authenticator,
+                         config: RegistryConfig | None, options: PullOptions,
+                         reporter: Reporter, unpack: UnpackCallback | None) -> PullResult:
     failures: list[str] = []
     endpoints = resolve_endpoints(ref.domain, config)
     for index, endpoint in enumerate(endpoints):
@@ -253,8 +270,9 @@ class _Puller:
                             f"failed to pull {self.display}: {kind} {desc.digest} download "
                             f"failed after {failures} tries at byte {writer.offset()} of "
                             f"{desc.size}: {exc}") from exc
-                    self.reporter.emit(layer_id, status.RETRYING)
-                    time.sleep(self.options.backoff_s * 2 ** (failures - 1))
+                    delay = self.options.backoff_s * 2 ** (failures - 1)
+                    self.reporter.emit(layer_id, f"{status.RETRYING} in {delay:g} seconds")
+                    time.sleep(delay)
                     continue
                 if writer.offset() < desc.size:
                     failures += 1  # the body ended early without a transport error

@@ -61,7 +61,18 @@ def push(reference: str | Reference, store: ContentStore, target: Descriptor, *,
     reference (tag or digest)."""
     ref = reference if isinstance(reference, Reference) else parse_reference(reference)
     options = options or PushOptions()
+    own_auth = auth is None
     auth = auth or Authenticator(credentials)
+    try:
+        return _push(ref, store, target, auth, config, progress, options)
+    finally:
+        if own_auth:
+            auth.close()
+
+
+def _push(ref: Reference, store: ContentStore, target: Descriptor, auth: Authenticator,
+          config: RegistryConfig | None, progress: ProgressSink | None,
+          options: PushOptions) -> PushResult:
     client = connect(ref.domain, ref.path, auth, config=config, push=True,
                      retries=options.retries, backoff_s=options.backoff_s)
     try:
