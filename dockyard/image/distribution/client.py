@@ -111,7 +111,8 @@ class RegistryClient:
         attempt = 0
         while True:
             request_headers = dict(headers or {})
-            sent = self.auth.authorization(self.endpoint.url, self.endpoint.host, scopes)
+            sent = (self.auth.authorization(self.endpoint.url, self.endpoint.host, scopes)
+                    if authenticate else None)
             if sent:
                 request_headers["Authorization"] = sent
             request = self._http.build_request(method, url, headers=request_headers,
