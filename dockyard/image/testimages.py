@@ -116,3 +116,14 @@ def build_busybox_image(store: ContentStore, images: ImageStore | None,
 
         unpack(store, snapshotter, image.target, snapshotter_name=snapshotter_name)
     return image
+
+
+def make_busybox_rootfs(dest: str, busybox: str | None = None) -> None:
+    """Write the same busybox rootfs as a plain directory (for OCI bundles)."""
+    from dockyard.image.layers import apply_layer
+
+    os.makedirs(dest, exist_ok=True)
+    with tempfile.TemporaryFile() as spool:
+        write_busybox_rootfs_tar(spool, busybox)
+        spool.seek(0)
+        apply_layer(dest, spool, compression=None)

@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--pid-file", default=None)
     c.add_argument("--console-socket", default=None)
     c.add_argument("--preserve-fds", type=int, default=0)
-    c.add_argument("command", nargs=argparse.REMAINDER)
+    c.add_argument("exec_args", nargs=argparse.REMAINDER, metavar="COMMAND")
     c = sub.add_parser("list")
     c.add_argument("--format", "-f", default="table", choices=["table", "json"])
     c.add_argument("--quiet", "-q", action="store_true")
@@ -290,7 +290,9 @@ def _exec(runtime, args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise errdefs.InvalidArgument(f"--process {args.process}: {exc}") from exc
     else:
-        command = [a for a in args.command if a != "--"] if args.command else []
+        command = list(args.exec_args or [])
+        if command and command[0] == "--":
+            command = command[1:]
         if not command:
             raise errdefs.InvalidArgument("exec: no command given; usage: exec ID COMMAND [ARGS]")
         base = parse_spec(cs.config, cs.bundle).process
