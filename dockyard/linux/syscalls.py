@@ -7,10 +7,19 @@ object, so callers can chain it into a domain error.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+def _load_libc() -> ctypes.CDLL:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        # Not glibc: ask the (slow to import) finder.
+        from ctypes import util
+        return ctypes.CDLL(util.find_library("c"), use_errno=True)
+
+
+_libc = _load_libc()
 
 # Flags from <sched.h>
 CLONE_NEWNS = 0x00020000

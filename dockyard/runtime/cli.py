@@ -300,7 +300,7 @@ def _exec(runtime, args: argparse.Namespace) -> int:
                                    terminal=args.tty, caps=args.cap,
                                    no_new_privs=args.no_new_privs)
         if args.additional_gids:
-            from dataclasses import replace
+            from dockyard.record import replace
             process = replace(process, user=replace(process.user, additional_gids=tuple(
                 int(g) for g in args.additional_gids)))
     from dockyard.linux import syscalls as sc

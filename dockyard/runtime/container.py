@@ -15,14 +15,13 @@ import errno
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
 
 from dockyard import errdefs
 from dockyard.linux import syscalls as sc
+from dockyard.record import field, record
 from dockyard.runtime import state as st
 from dockyard.runtime.hooks import run_hooks
 from dockyard.runtime.init import Prepared, Sync, container_init
@@ -48,7 +47,7 @@ DEFAULT_ALLOWED_DEVICES = [
 ]
 
 
-@dataclass
+@record
 class CreateOptions:
     console_socket: str | None = None
     pid_file: str | None = None
@@ -202,7 +201,7 @@ class Runtime:
                     manager.remove()
                 except (OSError, errdefs.DockyardError):
                     pass
-            shutil.rmtree(state_dir, ignore_errors=True)
+            st.remove_state_dir(state_dir)
             raise
         return init_pid, warnings
 
@@ -335,7 +334,7 @@ class Runtime:
         except errdefs.FailedPrecondition:
             if not force:
                 raise
-            shutil.rmtree(state_dir, ignore_errors=True)
+            st.remove_state_dir(state_dir)
             return
         status = self.status(cs)
         if status in ("running", "paused") and not force:
@@ -368,7 +367,7 @@ class Runtime:
                     run_hook("poststop", hook, hook_state)
                 except errdefs.DockyardError as exc:
                     _warn(f"poststop hook failed: {exc}")
-        shutil.rmtree(state_dir, ignore_errors=True)
+        st.remove_state_dir(state_dir)
 
     # ----------------------------------------------------- pause / resume
 

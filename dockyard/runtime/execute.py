@@ -11,17 +11,17 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from dataclasses import dataclass, replace
 
 from dockyard import errdefs
 from dockyard.linux import syscalls as sc
+from dockyard.record import record, replace
 from dockyard.runtime import state as st
 from dockyard.runtime.init import Prepared, Sync, _describe, _setup_console, become_process
 from dockyard.runtime.linux import namespaces
 from dockyard.runtime.spec import Process, parse_spec
 
 
-@dataclass
+@record
 class ExecOptions:
     console_socket: str | None = None
     pid_file: str | None = None

@@ -9,7 +9,6 @@ and poststop failures are warnings, as the spec says.
 from __future__ import annotations
 
 import json
-import subprocess
 
 from dockyard import errdefs
 from dockyard.runtime.spec import Hook
@@ -20,6 +19,8 @@ class HookError(errdefs.FailedPrecondition):
 
 
 def run_hook(kind: str, hook: Hook, state: dict) -> None:
+    import subprocess  # only when a hook exists: keeps `run` start-up lean
+
     argv = list(hook.args) or [hook.path]
     try:
         proc = subprocess.run(argv, executable=hook.path, input=json.dumps(state).encode(),

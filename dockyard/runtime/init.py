@@ -16,11 +16,11 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 from dockyard import errdefs
 from dockyard.linux import syscalls as sc
+from dockyard.record import record
 from dockyard.runtime.hooks import run_hooks
 from dockyard.runtime.linux import capabilities, namespaces, rlimits, rootfs, tty
 from dockyard.runtime.spec import Process, Spec
@@ -60,7 +60,7 @@ class Sync:
         self.sock.close()
 
 
-@dataclass
+@record
 class Prepared:
     """What the runtime validated and compiled before forking, handed to the child."""
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from dockyard import errdefs
+from dockyard.record import field, record
 
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
 
@@ -53,13 +53,13 @@ def _invalid(path: str, message: str) -> errdefs.InvalidArgument:
     return errdefs.InvalidArgument(f"config.json: {path}: {message}")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Root:
     path: str  # absolute (resolved against the bundle)
     readonly: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class User:
     uid: int = 0
     gid: int = 0
@@ -67,7 +67,7 @@ class User:
     additional_gids: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Process:
     args: tuple[str, ...]
     env: tuple[str, ...] = ()
@@ -154,7 +154,7 @@ class Process:
         return out
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MountSpec:
     destination: str
     type: str
@@ -170,20 +170,20 @@ class MountSpec:
         return self.type == "bind" or bool(self.flags & 4096)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Namespace:
     type: str
     path: str = ""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IDMapping:
     container_id: int
     host_id: int
     size: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Device:
     path: str
     type: str  # c, b, u, p
@@ -194,7 +194,7 @@ class Device:
     gid: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Hook:
     path: str
     args: tuple[str, ...] = ()
@@ -206,7 +206,7 @@ HOOK_NAMES = ("prestart", "createRuntime", "createContainer", "startContainer",
               "poststart", "poststop")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Linux:
     namespaces: tuple[Namespace, ...] = ()
     uid_mappings: tuple[IDMapping, ...] = ()
@@ -228,7 +228,7 @@ class Linux:
         return None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Spec:
     oci_version: str
     bundle: str

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
 
 from dockyard import errdefs
+from dockyard.record import asdict, field, record
 
 DEFAULT_ROOT = "/run/dockyard-runc"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,1023}$")
@@ -28,7 +28,7 @@ def validate_id(container_id: str) -> None:
             f"invalid container id {container_id!r}: use letters, digits, '_', '.', '+', '-'")
 
 
-@dataclass
+@record
 class ContainerState:
     id: str
     pid: int
@@ -80,3 +80,23 @@ def process_start_time(pid: int) -> int | None:
     if rest[0] in (b"Z", b"X"):
         return None
     return int(rest[19])
+
+
+def remove_state_dir(path: str) -> None:
+    """Remove a container's state dir (flat: state.json, exec.fifo, temp files)."""
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(path, name))
+        except IsADirectoryError:
+            import shutil
+            shutil.rmtree(os.path.join(path, name), ignore_errors=True)
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass

@@ -188,6 +188,9 @@ def test_freeze_stops_a_counter_and_thaw_resumes_it(manager):
         manager.thaw()
         assert manager.state() == "thawed"
         cgfs.wait_for(lambda: read() > frozen_at, 5, "counter to advance after thaw")
+        # The writer must be gone before its directory is removed.
+        proc.kill()
+        proc.wait()
 
 
 def test_stats_report_cpu_memory_and_pids(manager):

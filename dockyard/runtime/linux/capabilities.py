@@ -27,11 +27,11 @@ import ctypes
 import errno
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from dockyard import errdefs
 from dockyard.linux import syscalls
+from dockyard.record import field, record
 
 CAPABILITY_NAMES: tuple[str, ...] = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
@@ -114,7 +114,7 @@ def host_bounding_set() -> frozenset[int]:
     return frozenset(present)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Capabilities:
     """The five capability sets as numbers.
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from dockyard import errdefs
+from dockyard.record import record
 
 # Numbers from <asm-generic/resource.h> (x86, arm, riscv, ...); the resource
 # module's own constant wins where it has one (it lacks RLIMIT_LOCKS).
@@ -31,7 +31,7 @@ RLIMIT_TYPES: dict[str, int] = {
 UNLIMITED = (1 << 64) - 1
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Rlimit:
     type: str
     hard: int

@@ -27,10 +27,10 @@ import ctypes
 import errno
 import json
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from dockyard import errdefs
+from dockyard.record import record
 
 # --- constants from <seccomp.h> (libseccomp 2.5 ABI) ---------------------
 
@@ -159,7 +159,7 @@ def native_arch_token() -> int:
 
 # --- validated, library-free form of the spec ------------------------------
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ArgCondition:
     index: int
     op: int
@@ -167,7 +167,7 @@ class ArgCondition:
     value_two: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SyscallRule:
     names: tuple[str, ...]
     action: int
@@ -175,7 +175,7 @@ class SyscallRule:
     path: str  # field path in the spec, for error messages
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SeccompConfig:
     default_action: int
     architectures: tuple[str, ...]

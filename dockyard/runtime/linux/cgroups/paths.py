@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass
 
 from dockyard.errdefs import InvalidArgument
+from dockyard.record import record
 
 DEFAULT_PARENT = "/dockyard"
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -22,7 +22,7 @@ _NOT_CONTROLLERS = frozenset({"rw", "ro", "xattr", "noprefix", "clone_children",
                               "memory_recursiveprot", "none"})
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CgroupMount:
     fs_type: str  # "cgroup" (v1) or "cgroup2"
     mountpoint: str

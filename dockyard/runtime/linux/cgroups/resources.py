@@ -9,10 +9,10 @@ bundle without reading a traceback. Absent fields stay None and are not written.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from dockyard.errdefs import InvalidArgument
+from dockyard.record import field, record
 
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
@@ -21,7 +21,7 @@ _PAGE_SIZE_RE = re.compile(r"^[1-9][0-9]*[KMG]B$")
 _CPU_LIST_RE = re.compile(r"^\s*$|^\d+(-\d+)?(,\d+(-\d+)?)*$")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DeviceRule:
     """One device cgroup rule; major/minor None mean "any" (written as '*')."""
 
@@ -40,7 +40,7 @@ class DeviceRule:
         return f"{self.type} {major}:{minor} {self.access}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Memory:
     limit: int | None = None
     reservation: int | None = None
@@ -51,7 +51,7 @@ class Memory:
     disable_oom_killer: bool | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CPU:
     shares: int | None = None
     quota: int | None = None
@@ -64,12 +64,12 @@ class CPU:
     idle: int | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Pids:
     limit: int  # <= 0 means unlimited, as in runc
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class WeightDevice:
     major: int
     minor: int
@@ -77,14 +77,14 @@ class WeightDevice:
     leaf_weight: int | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ThrottleDevice:
     major: int
     minor: int
     rate: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BlockIO:
     weight: int | None = None
     leaf_weight: int | None = None
@@ -95,25 +95,25 @@ class BlockIO:
     throttle_write_iops: tuple[ThrottleDevice, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HugepageLimit:
     page_size: str  # "2MB", "1GB": the spelling the kernel uses in file names
     limit: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class InterfacePriority:
     name: str
     priority: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Network:
     class_id: int | None = None
     priorities: tuple[InterfacePriority, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Resources:
     """Everything `linux.resources` can ask of a cgroup.
 
