@@ -198,7 +198,8 @@ def _dispatch(args: argparse.Namespace, log: _Log) -> int:
 
 def _create_options(args: argparse.Namespace):
     from dockyard.runtime.container import CreateOptions
-    return CreateOptions(console_socket=args.console_socket, pid_file=args.pid_file)
+    return CreateOptions(console_socket=args.console_socket, pid_file=args.pid_file,
+                         preserve_fds=args.preserve_fds, no_pivot=args.no_pivot)
 
 
 def _run(runtime, args: argparse.Namespace, log: _Log) -> int:
@@ -308,7 +309,8 @@ def _exec(runtime, args: argparse.Namespace) -> int:
 
     sc.set_child_subreaper()
     relay = None
-    options = ExecOptions(console_socket=args.console_socket, pid_file=args.pid_file)
+    options = ExecOptions(console_socket=args.console_socket, pid_file=args.pid_file,
+                          preserve_fds=args.preserve_fds)
     if process.terminal and not args.console_socket:
         if args.detach:
             raise errdefs.InvalidArgument(

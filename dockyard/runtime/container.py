@@ -56,6 +56,8 @@ class CreateOptions:
     stdout: int | None = None
     stderr: int | None = None
     extra_env: list[str] = field(default_factory=list)
+    preserve_fds: int = 0
+    no_pivot: bool = False
 
 
 def _prepare(spec: Spec) -> tuple[Prepared, object, list[str]]:
@@ -158,6 +160,8 @@ class Runtime:
         state_dir = self._dir(container_id)
         spec = load_bundle(bundle)
         prepared, resources, warnings = _prepare(spec)
+        prepared.preserve_fds = options.preserve_fds
+        prepared.no_pivot = options.no_pivot
         os.makedirs(self.root, mode=0o711, exist_ok=True)
         try:
             os.mkdir(state_dir, 0o711)
@@ -296,6 +300,9 @@ class Runtime:
         fd = os.open(fifo_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             data = _await_init_byte(fd, cs)
+            if data and load_hooks(cs.config).get("poststart"):
+                # EOF: the init closed its end at execve (see init.py).
+                _await_init_byte(fd, cs)
         finally:
             os.close(fd)
         os.unlink(fifo_path)

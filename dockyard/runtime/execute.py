@@ -28,6 +28,7 @@ class ExecOptions:
     stdin: int | None = None
     stdout: int | None = None
     stderr: int | None = None
+    preserve_fds: int = 0
 
 
 def exec_process(runtime, container_id: str, process: Process,
@@ -46,7 +47,8 @@ def exec_process(runtime, container_id: str, process: Process,
         if process.capabilities is not None else None
     filt = seccomp.compile_filter(spec.linux.seccomp) if spec.linux.seccomp else None
     prepared = Prepared(capabilities=caps, seccomp=filt,
-                        rlimits=tuple(rlimits.parse_rlimits(list(process.rlimits))))
+                        rlimits=tuple(rlimits.parse_rlimits(list(process.rlimits))),
+                        preserve_fds=options.preserve_fds)
     manager = runtime.cgroup(cs)
     kinds = [ns.type for ns in spec.linux.namespaces]
     ns_fds: list[tuple[str, int]] = []

@@ -67,6 +67,8 @@ class Prepared:
     capabilities: Any = None  # capabilities.Capabilities or None
     seccomp: Any = None  # compiled seccomp filter or None
     rlimits: tuple = ()
+    no_pivot: bool = False  # MS_MOVE + chroot instead of pivot_root (runc --no-pivot)
+    preserve_fds: int = 0  # fds 3..3+N-1 passed on to the process, as runc's --preserve-fds
 
 
 def lookup_path(name: str, env: tuple[str, ...]) -> str:
@@ -147,8 +149,12 @@ def become_process(process: Process, prepared: Prepared, *, in_user_ns: bool) ->
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    # No runtime descriptor may reach the container (CVE-2024-21626 class).
-    sc.close_range(3, 0xFFFFFFFF, 4)  # CLOSE_RANGE_CLOEXEC
+    # No runtime descriptor may reach the container (CVE-2024-21626 class),
+    # except those the caller asked to pass on.
+    first_closed = 3 + prepared.preserve_fds
+    for fd in range(3, first_closed):
+        os.set_inheritable(fd, True)
+    sc.close_range(first_closed, 0xFFFFFFFF, 4)  # CLOSE_RANGE_CLOEXEC
     if prepared.seccomp is not None and process.no_new_privileges:
         prepared.seccomp.load()
     os.execve(executable, list(process.args), dict(
@@ -193,9 +199,9 @@ def container_init(spec: Spec, sync: Sync, prepared: Prepared, *, state_dir: str
         rootfs.prepare_rootfs(spec)
         sync.send("hooks")  # prestart + createRuntime, run by the runtime
         sync.expect("hooks-done")
-        run_hooks("createContainer", spec.hooks, _state(spec, "created"))
+        run_hooks("createContainer", spec.hooks, _state(spec, "created", state_dir))
         fifo = os.open(os.path.join(state_dir, "exec.fifo"), os.O_PATH | os.O_CLOEXEC)
-        rootfs.pivot_into(spec.root.path)
+        rootfs.pivot_into(spec.root.path, no_pivot=prepared.no_pivot)
         process = spec.process
         assert process is not None
         if process.terminal:
@@ -220,9 +226,10 @@ def container_init(spec: Spec, sync: Sync, prepared: Prepared, *, state_dir: str
         # Blocks until `start` opens the fifo for reading.
         writer = os.open(f"/proc/self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC)
         os.write(writer, b"0")
-        os.close(writer)
+        # writer stays open (O_CLOEXEC) until execve: `start` sees EOF once the
+        # user's process runs, so poststart hooks follow startContainer's.
         os.close(fifo)
-        run_hooks("startContainer", spec.hooks, _state(spec, "running"))
+        run_hooks("startContainer", spec.hooks, _state(spec, "running", state_dir))
         become_process(process, prepared, in_user_ns=user_ns_fd is not None
                        or bool(linux.namespace("user")))
     except BaseException as exc:  # noqa: BLE001 - the child must never unwind
@@ -250,9 +257,10 @@ def _setup_console(console: socket.socket | None, process: Process) -> None:
     tty.make_controlling(slave_path)
 
 
-def _state(spec: Spec, status: str) -> dict:
-    return {"ociVersion": spec.oci_version or "1.0.2", "id": spec.annotations.get(
-        "dockyard.id", ""), "status": status, "pid": os.getpid(), "bundle": spec.bundle,
+def _state(spec: Spec, status: str, state_dir: str) -> dict:
+    # The state dir is <root>/<id>: the init knows its id from it.
+    return {"ociVersion": spec.oci_version or "1.0.2", "id": os.path.basename(
+        state_dir.rstrip("/")), "status": status, "pid": os.getpid(), "bundle": spec.bundle,
         "annotations": spec.annotations}
 
 

@@ -261,8 +261,12 @@ def prepare_rootfs(spec: Spec) -> None:
             setup_ptmx(rootfs)
 
 
-def pivot_into(rootfs: str) -> None:
+def pivot_into(rootfs: str, *, no_pivot: bool = False) -> None:
     """Make rootfs the root, detaching the old one (the host) completely."""
+    if no_pivot:
+        os.chdir(rootfs)
+        _move_and_chroot(rootfs)
+        return
     old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
     new_root = os.open(rootfs, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -287,7 +291,8 @@ def pivot_into(rootfs: str) -> None:
 
 
 def _move_and_chroot(rootfs: str) -> None:
-    # Only where pivot_root is impossible (rootfs on the initramfs).
+    # Only where pivot_root is impossible (rootfs on the initramfs) or asked
+    # for: the host's mounts stay reachable to whoever can escape a chroot.
     sc.mount(rootfs, "/", None, sc.MS_MOVE)
     os.chroot(".")
     os.chdir("/")
