@@ -4,6 +4,7 @@ Fixture modules live in tests/fixtures/ and are loaded as plugins:
   busybox    a busybox rootfs / OCI bundle built from the host's busybox-static
   leakcheck  fails a test that leaves a mount, cgroup, process or netns behind
   registry   Debian's docker-registry on 127.0.0.1 (plain, htpasswd, token auth)
+  containerd dockyard-containerd and Debian's containerd, driven with ctr
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ pytest_plugins = [
     "tests.fixtures.busybox",
     "tests.fixtures.leakcheck",
     "tests.fixtures.registry",
+    "tests.fixtures.containerd",
 ]
 
 

@@ -96,6 +96,7 @@ class Runtime:
 
     def __init__(self, root: str = st.DEFAULT_ROOT) -> None:
         self.root = root
+        self._holders: dict[int, _UserNamespaceHolder] = {}
 
     # ------------------------------------------------------------ helpers
 
@@ -170,7 +171,10 @@ class Runtime:
         init_pid = 0
         manager = None
         try:
-            os.mkfifo(os.path.join(state_dir, st.EXEC_FIFO), 0o622)
+            fifo = os.path.join(state_dir, st.EXEC_FIFO)
+            os.mkfifo(fifo)
+            # Writable by the container's root whatever it maps to (not umask's).
+            os.chmod(fifo, 0o622)
             from dockyard.runtime.linux.cgroups import new_manager
             manager = new_manager(spec.linux.cgroups_path or None, container_id)
             console = None
@@ -207,6 +211,10 @@ class Runtime:
                     pass
             st.remove_state_dir(state_dir)
             raise
+        finally:
+            holder = self._holders.pop(init_pid, None)
+            if holder is not None:
+                holder.close()
         return init_pid, warnings
 
     def _finish_create(self, spec: Spec, cs: st.ContainerState, sync: Sync, manager,
@@ -232,36 +240,41 @@ class Runtime:
 
     def _spawn_init(self, spec: Spec, prepared: Prepared, state_dir: str,
                     console: socket.socket | None, options: CreateOptions) -> tuple[int, Sync]:
-        """Fork the init as our direct child, in the right pid namespace.
+        """Fork the init, in the right pid namespace; returns (pid, sync).
 
         A new pid namespace applies to the children of whoever makes it, so
-        we make it (or join it) "for children", fork, and go back to our own.
-        With a new user namespace, the pid namespace must be owned by it, so
-        a short-lived holder process makes both and we borrow them from it.
+        we make it (or join it) "for children", fork, and go back to our own:
+        the init is our direct child. With a new user namespace the pid
+        namespace must be owned by it, and only a process inside the user
+        namespace can make such a one: see `_UserNamespaceHolder`.
         """
         linux = spec.linux
         user_ns = linux.namespace("user")
         pid_ns = linux.namespace("pid")
         ns_fds = namespaces.open_namespace_paths(
             linux, tuple(k for k in namespaces.JOIN_ORDER if k not in ("user", "pid")))
-        own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        holder = None
-        user_fd = None
         parent_sync, child_sync = Sync.pair()
+        if user_ns and not user_ns.path:
+            try:
+                holder = _UserNamespaceHolder(spec, prepared, state_dir, console, options,
+                                              child_sync, ns_fds)
+            finally:
+                for _, fd in ns_fds:
+                    os.close(fd)
+                child_sync.close()
+            self._holders[holder.init_pid] = holder
+            return holder.init_pid, parent_sync
+        own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        user_fd = None
         try:
-            if user_ns and user_ns.path:
+            if user_ns:
                 user_fd = os.open(user_ns.path, os.O_RDONLY | os.O_CLOEXEC)
-            elif user_ns:
-                holder = _NamespaceHolder(spec, new_pid=bool(pid_ns and not pid_ns.path))
-                user_fd = holder.user_fd
             if pid_ns and pid_ns.path:
                 fd = os.open(pid_ns.path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     namespaces.join("pid", fd)
                 finally:
                     os.close(fd)
-            elif pid_ns and holder is not None:
-                namespaces.join("pid", holder.pid_fd)
             elif pid_ns:
                 namespaces.unshare(sc.CLONE_NEWPID)
             # Not dumpable from the first instant (see init.container_init).
@@ -278,9 +291,7 @@ class Runtime:
             # Back to our own pid namespace for any later child.
             sc.setns(own_pid_ns, sc.CLONE_NEWPID)
             os.close(own_pid_ns)
-            if holder is not None:
-                holder.close()
-            elif user_fd is not None:
+            if user_fd is not None:
                 os.close(user_fd)
             for _, fd in ns_fds:
                 os.close(fd)
@@ -402,56 +413,86 @@ class Runtime:
         return {"type": "stats", "id": container_id, "data": self.cgroup(cs).stats()}
 
 
-class _NamespaceHolder:
-    """A child that makes a user namespace (and a pid namespace owned by
-    it) for the init to join, then waits to be killed."""
+class _UserNamespaceHolder:
+    """The init's parent when the container has a new user namespace.
 
-    def __init__(self, spec: Spec, *, new_pid: bool) -> None:
+    It unshares the user namespace (we write its ID maps), then the pid
+    namespace, which is therefore owned by the user namespace (mounting
+    proc needs that), and forks the init as PID 1 of it. It stays until
+    create is over, so the init's parent-death signal keeps covering a
+    runtime that dies mid-create; then it exits and the init re-parents to
+    the nearest subreaper (the shim, or `run`, or the caller), as with runc.
+    """
+
+    def __init__(self, spec: Spec, prepared: Prepared, state_dir: str,
+                 console: socket.socket | None, options: CreateOptions, init_sync: Sync,
+                 ns_fds: list[tuple[str, int]]) -> None:
+        linux = spec.linux
+        pid_ns = linux.namespace("pid")
+        pid_path_fd = (os.open(pid_ns.path, os.O_RDONLY | os.O_CLOEXEC)
+                       if pid_ns and pid_ns.path else None)
         parent, child = Sync.pair()
-        self.pid = os.fork()
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        try:
+            self.pid = os.fork()
+        finally:
+            if self.pid != 0:
+                sc.prctl(sc.PR_SET_DUMPABLE, 1)
         if self.pid == 0:
-            try:
-                parent.close()
-                sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-                sc.unshare(sc.CLONE_NEWUSER)
-                child.send("unshared")
-                child.expect("mapped")
-                os.setresgid(0, 0, 0)
-                os.setresuid(0, 0, 0)
-                if new_pid:
-                    sc.unshare(sc.CLONE_NEWPID)
-                child.send("ready")
-                child.recv()  # until the runtime closes its end
-            except BaseException as exc:  # noqa: BLE001
-                try:
-                    child.send("error", message=f"user namespace: {exc}")
-                except OSError:
-                    pass
-            os._exit(0)
+            parent.close()
+            self._run_holder(spec, prepared, state_dir, console, options, init_sync, ns_fds,
+                             child, pid_path_fd)
         child.close()
-        self.user_fd = -1
-        self.pid_fd = -1
+        if pid_path_fd is not None:
+            os.close(pid_path_fd)
+        self._sync = parent
         try:
             parent.expect("unshared")
-            namespaces.write_id_mappings(self.pid, spec.linux.uid_mappings, spec.linux.gid_mappings)
+            namespaces.write_id_mappings(self.pid, linux.uid_mappings, linux.gid_mappings)
             parent.send("mapped")
-            parent.expect("ready")
-            self.user_fd = os.open(f"/proc/{self.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-            if new_pid:
-                self.pid_fd = os.open(f"/proc/{self.pid}/ns/pid_for_children",
-                                      os.O_RDONLY | os.O_CLOEXEC)
+            self.init_pid = int(parent.expect("init")["pid"])
         except BaseException:
-            parent.close()
-            _kill_and_reap(self.pid)
+            self.close()
             raise
-        self._sync = parent
+
+    @staticmethod
+    def _run_holder(spec, prepared, state_dir, console, options, init_sync, ns_fds, sync,
+                    pid_path_fd) -> None:
+        try:
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if pid_path_fd is not None:
+                # Joined "for children" before leaving the host user namespace,
+                # which owns that pid namespace.
+                namespaces.join("pid", pid_path_fd)
+            sc.unshare(sc.CLONE_NEWUSER)
+            sync.send("unshared")
+            sync.expect("mapped")
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+            if pid_path_fd is None and spec.linux.namespace("pid"):
+                sc.unshare(sc.CLONE_NEWPID)
+            init = os.fork()
+            if init == 0:
+                sync.close()
+                _redirect_stdio(options)
+                container_init(spec, init_sync, prepared, state_dir=state_dir,
+                               user_ns_fd=None, ns_fds=ns_fds, console=console)
+                os._exit(1)  # not reached
+            sync.send("init", pid=init)
+            sync.recv()  # until the runtime closes its end: create is over
+        except BaseException as exc:  # noqa: BLE001 - the child must never unwind
+            try:
+                sync.send("error", message=f"user namespace: {exc}")
+            except OSError:
+                pass
+        os._exit(0)
 
     def close(self) -> None:
         self._sync.close()
-        _kill_and_reap(self.pid)
-        for fd in (self.user_fd, self.pid_fd):
-            if fd >= 0:
-                os.close(fd)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
 
 
 def _redirect_stdio(options: CreateOptions) -> None:

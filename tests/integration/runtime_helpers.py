@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from dockyard.runtime import specgen
 from tests.fixtures.busybox import Bundle, runc_binary
+from tests.fixtures.leakcheck import reap_zombies
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 DOCKER_CAP_MASK = "00000000a80425fb"
@@ -82,22 +83,47 @@ def created(bundle: Bundle, session_env, *args: str, cid: str | None = None,
         bundle.write()
     cid = cid or new_id()
     log = log or os.path.join(bundle.path, "container.log")
+    # The init inherits create's stdio: a pipe would never see EOF.
     with open(log, "ab") as out:
         proc = subprocess.run([*runc_binary(), "--root", session_env.runc_root, "create",
                                "--bundle", bundle.path, cid], stdin=subprocess.DEVNULL,
-                              stdout=out, stderr=subprocess.PIPE, timeout=30)
-    assert proc.returncode == 0, proc.stderr.decode()
+                              stdout=out, stderr=out, timeout=30)
+    if proc.returncode != 0:
+        with open(log) as f:
+            raise AssertionError(f"create {cid} failed: {f.read()}")
     try:
         if start:
             started = runc(session_env, "start", cid)
             assert started.returncode == 0, started.stderr
         yield cid
     finally:
-        runc(session_env, "delete", "--force", cid)
+        delete_reaping(session_env, cid)
 
 
-def exec_(session_env, cid: str, *args: str, timeout: float = 30) -> Result:
-    proc = runc(session_env, "exec", *args, timeout=timeout, stdin=subprocess.DEVNULL)
+def delete_reaping(session_env, cid: str) -> subprocess.CompletedProcess:
+    """`delete --force`, reaping our zombies meanwhile.
+
+    Processes started by `exec` outlive the exec command and re-parent to
+    us (pytest is the subreaper, as a shim would be). A pid namespace's
+    init does not finish dying until every process of the namespace has
+    been reaped, so delete would wait for us while we wait for it.
+    """
+    proc = subprocess.Popen([*runc_binary(), "--root", session_env.runc_root, "delete",
+                             "--force", cid], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        reap_zombies()
+        time.sleep(0.01)
+    out, err = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def exec_(session_env, cid: str, *args: str, opts: tuple[str, ...] = (),
+          timeout: float = 30) -> Result:
+    """`dockyard-runc exec [opts] cid args...`."""
+    proc = runc(session_env, "exec", *opts, cid, *args, timeout=timeout,
+                stdin=subprocess.DEVNULL)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
