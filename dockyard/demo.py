@@ -95,6 +95,7 @@ def main() -> int:
         _status(root, "demo-life")
         runc(root, "delete", "demo-life")
         runc(root, "list", capture=True)
+        containerd_demo(base)
         step("Done: every container removed, nothing left behind")
         return 0
     finally:
@@ -116,6 +117,141 @@ def main() -> int:
                 except OSError:
                     pass
         shutil.rmtree(base, ignore_errors=True)
+
+
+CTR = "/usr/bin/ctr"
+IMAGE = "docker.io/library/busybox:latest"
+
+
+def _busybox_archive(path: str) -> None:
+    from dockyard.image.archive import save_docker_archive
+    from dockyard.image.content import LocalContentStore
+    from dockyard.image.images import ImageStore
+    from dockyard.image.testimages import build_busybox_image
+
+    work = os.path.dirname(path)
+    store = LocalContentStore(os.path.join(work, "archive-content"))
+    images = ImageStore(os.path.join(work, "archive-images.db"))
+    try:
+        build_busybox_image(store, images, reference=IMAGE)
+        with open(path, "wb") as f:
+            save_docker_archive(store, images, [IMAGE], f)
+    finally:
+        store.close()
+        images.close()
+
+
+class _Containerd:
+    """dockyard-containerd with everything under one demo directory."""
+
+    def __init__(self, top: str) -> None:
+        self.root = os.path.join(top, "root")
+        self.state = os.path.join(top, "state")
+        self.address = os.path.join(self.state, "containerd.sock")
+        self.log = os.path.join(top, "daemon.log")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        exe = os.path.join(os.path.dirname(sys.executable), "dockyard-containerd")
+        started = time.perf_counter()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([exe, "--root", self.root, "--state", self.state,
+                                          "--address", self.address], stdout=log, stderr=log,
+                                         stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"demo: dockyard-containerd exited; see {self.log}")
+            if subprocess.run([CTR, "--address", self.address, "version"],
+                              capture_output=True).returncode == 0:
+                print(f"dockyard-containerd ready (pid {self.proc.pid}) in "
+                      f"{1000 * (time.perf_counter() - started):.0f} ms")
+                return
+            time.sleep(0.05)
+        raise SystemExit(f"demo: dockyard-containerd did not become ready; see {self.log}")
+
+    def ctr(self, *args: str, check: bool = True, show: bool = True) -> subprocess.CompletedProcess:
+        if show:
+            print(f"$ ctr {' '.join(args)}", flush=True)
+        result = subprocess.run([CTR, "--address", self.address, "-n", "demo", *args],
+                                capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if show and result.stdout:
+            print(result.stdout, end="", flush=True)
+        if check and result.returncode != 0:
+            raise SystemExit(f"demo: ctr {args[0]} failed: {result.stderr.strip()}")
+        return result
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def containerd_demo(base: str) -> None:
+    if not os.path.exists(CTR):
+        step("Skipping the containerd part: ctr is not installed (apt-get install containerd)")
+        return
+    step("dockyard-containerd, driven by containerd's own client `ctr`")
+    daemon = _Containerd(os.path.join(base, "containerd"))
+    os.makedirs(os.path.dirname(daemon.log), exist_ok=True)
+    try:
+        daemon.start()
+        daemon.ctr("version")
+        archive = os.path.join(base, "busybox.tar")
+        _busybox_archive(archive)
+        daemon.ctr("images", "import", archive)
+        daemon.ctr("images", "ls", "-q")
+        started = time.perf_counter()
+        daemon.ctr("run", "--rm", IMAGE, "hello", "sh", "-c",
+                   "echo hello from $(hostname), PID $$; cat /proc/self/cgroup | head -1")
+        print(f"(ctr run --rm took {1000 * (time.perf_counter() - started):.0f} ms)")
+        daemon.ctr("run", "-d", IMAGE, "sleeper", "sh", "-c",
+                   "i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done")
+        daemon.ctr("tasks", "ls")
+        daemon.ctr("tasks", "exec", "--exec-id", "look", "sleeper", "ps", "-o", "pid,args")
+        step("SIGKILL dockyard-containerd: the container keeps running in its shim")
+        daemon.kill9()
+        print(f"daemon pid {daemon.proc.pid} killed")
+        time.sleep(1.5)
+        daemon.start()
+        daemon.ctr("tasks", "ls")
+        daemon.ctr("tasks", "exec", "--exec-id", "after", "sleeper", "sh", "-c",
+                   "echo still counting: uptime $(cut -d' ' -f1 /proc/uptime)")
+        daemon.ctr("tasks", "kill", "-s", "SIGKILL", "sleeper")
+        for _ in range(100):
+            if daemon.ctr("tasks", "delete", "sleeper", check=False, show=False).returncode == 0:
+                break
+            time.sleep(0.05)
+        daemon.ctr("containers", "rm", "sleeper")
+        daemon.ctr("tasks", "ls")
+    finally:
+        for cid in ("sleeper", "hello"):
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.ctr("tasks", "kill", "-s", "SIGKILL", cid, check=False, show=False)
+                time.sleep(0.2)
+                daemon.ctr("tasks", "delete", cid, check=False, show=False)
+                daemon.ctr("containers", "rm", cid, check=False, show=False)
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.ctr("images", "rm", "--sync", IMAGE, check=False, show=False)
+        daemon.stop()
+        # ctr puts containers in /<namespace>/<id>; the runtime leaves the
+        # parent, as runc does.
+        for hierarchy in os.listdir("/sys/fs/cgroup"):
+            try:
+                os.rmdir(os.path.join("/sys/fs/cgroup", hierarchy, "demo"))
+            except OSError:
+                pass
+        subprocess.run(["umount", "-R", "-l", daemon.root], capture_output=True)
+        subprocess.run(["umount", "-R", "-l", daemon.state], capture_output=True)
 
 
 def _status(root: str, name: str) -> None:
