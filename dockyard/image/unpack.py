@@ -8,6 +8,9 @@ ACTIVE snapshot under a random key and committed only after its diff_id is
 proven equal to the config's; on any failure the active snapshot is removed,
 so a crash or a bad layer never leaves a committed snapshot with wrong bytes.
 
+StreamUnpacker does the same per layer as pull(unpack_stream=...) hands it
+each layer's bytes, so extraction overlaps the download.
+
 GC labels tie the content together (index → manifests → config + layers,
 config → top snapshot) so a collector can keep exactly what a name reaches.
 """
@@ -21,6 +24,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from dockyard import errdefs
 from dockyard.image.core import (
@@ -254,6 +258,87 @@ def _remove_quietly(snapshotter: Snapshotter, key: str) -> None:
         pass
     except Exception:  # noqa: BLE001 - the original error matters more
         log.warning("could not remove snapshot %s after a failed unpack", key, exc_info=True)
+
+
+class StreamUnpacker:
+    """The unpack_stream callback for distribution.pull: each layer goes into
+    a committed snapshot while it downloads, so a pull costs about the larger
+    of download and extraction rather than their sum.
+
+    The config's diff_ids are not known to the callback, so each snapshot is
+    committed under the chain id of what was actually extracted (never a
+    wrong name for its bytes); finish() then checks that chain against the
+    image config and sets the GC labels, and returns what unpack() would.
+    A layer whose blob already carries its diff_id label from an earlier
+    unpack and whose chain is committed is skipped ("Already exists").
+    """
+
+    def __init__(self, content: ContentStore, snapshotter: Snapshotter, *,
+                 snapshotter_name: str = "overlayfs") -> None:
+        self.content = content
+        self.snapshotter = snapshotter
+        self.snapshotter_name = snapshotter_name
+        self.diff_ids: list[str] = []
+        self.results: list[LayerResult] = []
+
+    def __call__(self, layer: Descriptor, stream: BinaryIO) -> None:
+        from dockyard.image.layers import apply_layer
+
+        parent = self.results[-1].chain_id if self.results else None
+        known = self._known_diff_id(layer.digest)
+        if known is not None:
+            chain_id = chain_ids([*self.diff_ids, known])[-1]
+            if _snapshot_committed(self.snapshotter, chain_id):
+                self._record(layer, known, chain_id, extracted=False)
+                return
+        key = f"extract-{secrets.token_hex(6)}-{layer.digest.split(':')[-1][:12]}"
+        mounts = self.snapshotter.prepare(key, parent)
+        extracted = True
+        try:
+            with _apply_target(mounts) as (root, overlay_whiteouts):
+                diff_id = apply_layer(root, stream,
+                                      compression=layer_compression(layer.media_type),
+                                      overlay_whiteouts=overlay_whiteouts).diff_id
+            chain_id = chain_ids([*self.diff_ids, diff_id])[-1]
+            try:
+                self.snapshotter.commit(chain_id, key, labels={LABEL_SNAPSHOT_REF: chain_id})
+            except errdefs.AlreadyExists:
+                _remove_quietly(self.snapshotter, key)
+                extracted = False
+        except BaseException:
+            _remove_quietly(self.snapshotter, key)
+            raise
+        self._record(layer, diff_id, chain_id, extracted)
+
+    def _known_diff_id(self, digest: str) -> str | None:
+        try:
+            return self.content.info(digest).labels.get(LABEL_UNCOMPRESSED)
+        except errdefs.NotFound:
+            return None
+
+    def _record(self, layer: Descriptor, diff_id: str, chain_id: str, extracted: bool) -> None:
+        self.diff_ids.append(diff_id)
+        self.results.append(LayerResult(layer.digest, diff_id, chain_id, extracted))
+
+    def finish(self, target: Descriptor,
+               platform: Platform | str | None = None) -> UnpackResult:
+        manifest_desc, config_desc, config, layers = image_layers(self.content, target,
+                                                                  platform)
+        expected = config["rootfs"]["diff_ids"]
+        if [layer.digest for layer in layers] != [r.digest for r in self.results] or \
+                expected != self.diff_ids:
+            raise errdefs.DataLoss(
+                f"image {manifest_desc.digest}: unpacked layers have diff_ids {self.diff_ids} "
+                f"but its config says {expected}; the image is corrupt, pull it again")
+        for result in self.results:
+            with contextlib.suppress(errdefs.NotFound):
+                self.content.update_labels(result.digest, {LABEL_UNCOMPRESSED: result.diff_id})
+        set_content_gc_labels(self.content, target)
+        top = self.results[-1].chain_id if self.results else None
+        if top is not None:
+            self.content.update_labels(config_desc.digest,
+                                       {LABEL_GC_SNAPSHOT + self.snapshotter_name: top})
+        return UnpackResult(manifest_desc, config_desc, top, tuple(self.results))
 
 
 def unpack_image(content: ContentStore, snapshotter: Snapshotter, image: Image, *,

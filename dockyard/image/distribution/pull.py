@@ -6,17 +6,22 @@ the config, then the layers — at most three at a time, each streamed into a
 content writer that verifies size and digest at commit. A truncated body is
 resumed with a Range request from the ingest's offset. The optional `unpack`
 callback sees layers in manifest order as each one lands, so download and
-unpack overlap. Nothing is registered as an image here: the caller does that
-with the PullResult, and only a fully verified pull returns one.
+unpack overlap; `unpack_stream` goes further and is fed the first layer's
+bytes while they download (see _LayerPipe). Nothing is registered as an
+image here: the caller does that with the PullResult, and only a fully
+verified pull returns one.
 """
 
 from __future__ import annotations
 
+import io
+import queue
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import BinaryIO
 
 import httpx
 
@@ -38,6 +43,8 @@ SOURCE_LABEL_PREFIX = "containerd.io/distribution.source."
 _LOCK_WAIT_S = 1800.0  # how long to wait for another pull of the same blob
 
 UnpackCallback = Callable[[Descriptor], None]
+StreamUnpackCallback = Callable[[Descriptor, BinaryIO], None]
+_PIPE_DEPTH = 256  # chunks (of ~64 KiB off the wire) buffered ahead of the unpacker
 
 
 @dataclass(frozen=True)
@@ -61,11 +68,107 @@ class _Cancelled(Exception):
     """Another layer failed; this download stops early."""
 
 
+class _LayerPipe(io.RawIOBase):
+    """The bytes of one layer as they download, for unpack_stream.
+
+    The downloading thread feeds each chunk right after writing it to the
+    ingest, so decompression and extraction run while the rest is still on
+    the wire. End of stream is given only after the blob is committed with
+    its digest verified; a failed download raises from read() instead. When
+    the wire cannot supply the stream in order (a resumed ingest, another
+    pull holding the blob) the pipe stops being fed and, once the blob is in
+    the store, the reader continues from the store at the same offset.
+    """
+
+    def __init__(self, store: ContentStore, desc: Descriptor, stop: threading.Event) -> None:
+        self._store = store
+        self._desc = desc
+        self._stop = stop
+        self._queue: queue.Queue = queue.Queue(_PIPE_DEPTH)
+        self._fed = 0  # bytes put in the queue
+        self._read = 0  # bytes handed to the reader
+        self._live = True
+        self._reader_gone = threading.Event()
+        self._buffer = b""
+        self._fallback: BinaryIO | None = None
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    # -- the downloading thread
+
+    def feed(self, chunk: bytes, position: int) -> None:
+        if not self._live or self._reader_gone.is_set():
+            return
+        end = position + len(chunk)
+        if end <= self._fed:
+            return  # resent bytes the reader already has
+        if position > self._fed:
+            self._live = False  # a gap: the rest comes from the store
+            return
+        self._put(chunk[self._fed - position:])
+        self._fed = end
+
+    def finish(self) -> None:
+        self._put(None)
+
+    def fail(self, exc: BaseException) -> None:
+        self._put(exc)
+
+    def _put(self, item: bytes | BaseException | None) -> None:
+        while not self._reader_gone.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if self._stop.is_set():
+                    if isinstance(item, bytes):
+                        raise _Cancelled() from None
+                    return  # the pull is failing anyway; nobody waits for the end
+
+    # -- the unpacking thread
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        view = memoryview(buffer)
+        while not self._buffer:
+            if self._fallback is not None:
+                count = self._fallback.readinto(view)
+                self._read += count
+                return count
+            if self._done:
+                return 0
+            item = self._queue.get()
+            if item is None:
+                self._done = True
+                if self._read < self._desc.size:
+                    self._fallback = self._store.open_blob(self._desc.digest)
+                    self._fallback.seek(self._read)
+                continue
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            self._buffer = item
+        count = min(len(view), len(self._buffer))
+        view[:count] = self._buffer[:count]
+        self._buffer = self._buffer[count:]
+        self._read += count
+        return count
+
+    def close(self) -> None:
+        self._reader_gone.set()
+        if self._fallback is not None:
+            self._fallback.close()
+            self._fallback = None
+        super().close()
+
+
 def pull(reference: str | Reference, store: ContentStore, *,
          platform: str | None = None, credentials: CredentialStore | None = None,
          config: RegistryConfig | None = None, progress: ProgressSink | None = None,
          unpack: UnpackCallback | None = None, options: PullOptions | None = None,
-         auth: Authenticator | None = None) -> PullResult:
+         auth: Authenticator | None = None,
+         unpack_stream: StreamUnpackCallback | None = None) -> PullResult:
     """Pull reference into store and return its verified descriptors.
 
     platform picks an index entry ("linux/arm64/v8"; default: the host's).
@@ -73,7 +176,17 @@ def pull(reference: str | Reference, store: ContentStore, *,
     already present, each as soon as its blob is committed, while later layers
     still download; an exception from it aborts the pull. Raises
     Unauthorized, NotFound, DataLoss or Unavailable with Docker's wording.
+
+    unpack_stream(layer, stream) is the overlapping form of unpack (give one
+    or the other): also called in manifest order, with a stream of the
+    layer's blob. The first layer that has to be downloaded streams straight
+    off the wire while it downloads; the others are read from the store. A
+    stream ends only once its blob is committed with a verified digest, so a
+    callback that reads it to the end (as apply_layer does) has unpacked
+    verified bytes; a failed download raises from the stream's read().
     """
+    if unpack is not None and unpack_stream is not None:
+        raise errdefs.InvalidArgument("pull takes unpack or unpack_stream, not both")
     ref = reference if isinstance(reference, Reference) else parse_reference(reference)
     options = options or PullOptions()
     if platform:
@@ -82,7 +195,7 @@ def pull(reference: str | Reference, store: ContentStore, *,
     auth = auth or Authenticator(credentials)
     try:
         return _pull_from_endpoints(ref, store, auth, config, options, Reporter(progress),
-                                    unpack)
+                                    unpack, unpack_stream)
     finally:
         if own_auth:
             auth.close()
@@ -90,7 +203,8 @@ def pull(reference: str | Reference, store: ContentStore, *,
 
 def _pull_from_endpoints(ref: Reference, store: ContentStore, auth: Authenticator,
                          config: RegistryConfig | None, options: PullOptions,
-                         reporter: Reporter, unpack: UnpackCallback | None) -> PullResult:
+                         reporter: Reporter, unpack: UnpackCallback | None,
+                         unpack_stream: StreamUnpackCallback | None = None) -> PullResult:
     failures: list[str] = []
     endpoints = resolve_endpoints(ref.domain, config)
     for index, endpoint in enumerate(endpoints):
@@ -107,7 +221,8 @@ def _pull_from_endpoints(ref: Reference, store: ContentStore, auth: Authenticato
                                               + "; ".join(failures)) from exc
                 continue
             try:
-                return _Puller(client, store, ref, options, reporter, unpack).run()
+                return _Puller(client, store, ref, options, reporter, unpack,
+                               unpack_stream).run()
             except (errdefs.NotFound, errdefs.Unauthorized, errdefs.Unavailable) as exc:
                 # A mirror that lacks the image or fails is skipped, as dockerd does.
                 if endpoint.mirror and not last:
@@ -122,13 +237,15 @@ def _pull_from_endpoints(ref: Reference, store: ContentStore, auth: Authenticato
 class _Puller:
     def __init__(self, client: RegistryClient, store: ContentStore, ref: Reference,
                  options: PullOptions, reporter: Reporter,
-                 unpack: UnpackCallback | None) -> None:
+                 unpack: UnpackCallback | None,
+                 unpack_stream: StreamUnpackCallback | None = None) -> None:
         self.client = client
         self.store = store
         self.ref = ref
         self.options = options
         self.reporter = reporter
         self.unpack = unpack
+        self.unpack_stream = unpack_stream
         self.labels = {SOURCE_LABEL_PREFIX + client.endpoint.host: ref.path}
         self.stop = threading.Event()
         self.display = ref.familiar_string()
@@ -242,8 +359,22 @@ class _Puller:
         except errdefs.NotFound:
             pass
 
-    def _fetch(self, desc: Descriptor, kind: str = "layer") -> bool:
-        """Download one blob into the store. False when it was already there."""
+    def _fetch(self, desc: Descriptor, kind: str = "layer",
+               pipe: _LayerPipe | None = None) -> bool:
+        """Download one blob into the store. False when it was already there.
+        With a pipe, every chunk is also fed to it, and it ends (or fails)
+        once the blob is committed (or not)."""
+        try:
+            fetched = self._fetch_blob(desc, kind, pipe)
+        except BaseException as exc:
+            if pipe is not None:
+                pipe.fail(exc)
+            raise
+        if pipe is not None:
+            pipe.finish()
+        return fetched
+
+    def _fetch_blob(self, desc: Descriptor, kind: str, pipe: _LayerPipe | None) -> bool:
         layer_id = short_id(desc.digest)
         if self._present(desc.digest):
             self._add_source_label(desc.digest)
@@ -262,7 +393,7 @@ class _Puller:
                 if offset == desc.size:
                     break
                 try:
-                    self._stream_into(writer, desc, offset, layer_id, kind)
+                    self._stream_into(writer, desc, offset, layer_id, kind, pipe)
                 except (httpx.TransportError, errdefs.Unavailable) as exc:
                     failures += 1
                     if failures >= self.options.retries:
@@ -310,14 +441,17 @@ class _Puller:
                 time.sleep(0.1)
 
     def _stream_into(self, writer, desc: Descriptor, offset: int, layer_id: str,
-                     kind: str) -> None:
+                     kind: str, pipe: _LayerPipe | None = None) -> None:
         with self.client.blob_stream(desc.digest, offset) as (start, chunks):
             if start != offset:
                 writer.truncate(0)  # the registry ignored Range; start again
             for chunk in chunks:
                 if self.stop.is_set():
                     raise _Cancelled()
+                position = writer.offset()
                 writer.write(chunk)
+                if pipe is not None:
+                    pipe.feed(chunk, position)
                 written = writer.offset()
                 if written > desc.size:
                     writer.truncate(0)  # never resume from bytes that cannot be right
@@ -339,18 +473,31 @@ class _Puller:
         for position, digest in enumerate(d for d in unique if d not in present):
             if position >= self.options.max_concurrent:
                 self.reporter.emit(short_id(digest), status.WAITING)
+        # The first layer to download streams into unpack_stream as it
+        # arrives; an image's base layer usually comes first and is the
+        # biggest, and the unpacker has nothing else to do meanwhile.
+        streamed = None
+        if self.unpack_stream is not None:
+            streamed = next((d for d in unique if d not in present), None)
+        pipes: dict[str, _LayerPipe] = {}
         pool = ThreadPoolExecutor(max_workers=max(self.options.max_concurrent, 1),
                                   thread_name_prefix="pull-layer")
-        futures: dict[str, Future] = {
-            digest: pool.submit(self._fetch, desc)
-            for digest, desc in unique.items() if digest not in present}
+        futures: dict[str, Future] = {}
+        for digest, desc in unique.items():
+            if digest in present:
+                continue
+            if digest == streamed:
+                pipes[digest] = _LayerPipe(self.store, desc, self.stop)
+            futures[digest] = pool.submit(self._fetch, desc, "layer", pipes.get(digest))
+        unpacking = self.unpack is not None or self.unpack_stream is not None
         try:
             unpacked: set[str] = set()
             for layer in layers:
                 future = futures.get(layer.digest)
-                if future is not None:
+                pipe = pipes.pop(layer.digest, None)
+                if future is not None and pipe is None:
                     future.result()
-                if self.unpack is None or layer.digest in unpacked:
+                if not unpacking or layer.digest in unpacked:
                     if layer.digest not in present:
                         self.reporter.emit(short_id(layer.digest), status.PULL_COMPLETE)
                     continue
@@ -358,11 +505,23 @@ class _Puller:
                 if layer.digest not in present:
                     self.reporter.emit(short_id(layer.digest), status.EXTRACTING,
                                        layer.size, layer.size)
-                self.unpack(layer)
+                if pipe is not None and future is not None:
+                    try:
+                        self.unpack_stream(layer, pipe)  # type: ignore[misc]
+                    finally:
+                        pipe.close()
+                    future.result()
+                elif self.unpack_stream is not None:
+                    with self.store.open_blob(layer.digest) as blob:
+                        self.unpack_stream(layer, blob)
+                else:
+                    self.unpack(layer)  # type: ignore[misc]
                 if layer.digest not in present:
                     self.reporter.emit(short_id(layer.digest), status.PULL_COMPLETE)
         except BaseException:
             self.stop.set()
+            for pipe in pipes.values():
+                pipe.close()
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
