@@ -180,3 +180,52 @@ def test_runc_binary_option(daemon):
                    "sh", "-c", "echo via-runc; exit 4")
     assert r.returncode == 4, r.stderr
     assert r.stdout == "via-runc\n"
+
+
+def _mounts_under(path: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(path)]
+
+
+def test_task_on_removed_snapshot_fails_and_changes_nothing(daemon):
+    cid, _ = _new_id(daemon, "nosnap")
+    r = daemon.ctr("containers", "create", IMAGE, cid, "true")
+    assert r.returncode == 0, r.stderr
+    r = daemon.ctr("snapshots", "rm", cid)
+    assert r.returncode == 0, r.stderr
+    r = daemon.ctr("tasks", "start", cid)
+    assert r.returncode != 0
+    assert "not found" in r.stderr and cid in r.stderr
+    assert _status(daemon, cid) == ""
+    assert cid in daemon.ctr("containers", "ls", "-q").stdout.split()
+
+
+def test_task_with_invalid_spec_fails_cleanly(daemon):
+    """A container whose spec cannot run: a clear error, no task, nothing mounted."""
+    import json
+
+    from google.protobuf import field_mask_pb2
+
+    from dockyard.containerd.api.services.containers.v1 import containers_pb2, containers_pb2_grpc
+
+    cid, _ = _new_id(daemon, "badspec")
+    r = daemon.ctr("containers", "create", IMAGE, cid, "true")
+    assert r.returncode == 0, r.stderr
+    md = (("containerd-namespace", "dyt"),)
+    with daemon.channel() as channel:
+        stub = containers_pb2_grpc.ContainersStub(channel)
+        container = stub.Get(containers_pb2.GetContainerRequest(id=cid), metadata=md).container
+        spec = json.loads(container.spec.value)
+        spec["process"]["args"] = []
+        container.spec.value = json.dumps(spec).encode()
+        stub.Update(containers_pb2.UpdateContainerRequest(
+            container=container, update_mask=field_mask_pb2.FieldMask(paths=["spec"])),
+            metadata=md)
+    r = daemon.ctr("tasks", "start", cid)
+    assert r.returncode != 0
+    assert "args" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert _status(daemon, cid) == ""
+    if daemon.name == "dockyard":
+        assert "process.args" in r.stderr
+        assert _mounts_under(daemon.state) == []
