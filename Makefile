@@ -10,7 +10,7 @@ APT_PACKAGES := busybox-static runc containerd docker-registry skopeo umoci \
 	ca-certificates
 PYTEST_ARGS ?=
 
-.PHONY: deps apt venv demo test unit lint bench clean
+.PHONY: deps apt venv compile demo test unit lint bench clean
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -30,10 +30,15 @@ venv: $(VENV)/.installed
 
 deps: apt venv
 
-demo: deps
+# Byte-compile up front: start-up time matters (dockyard-runc, the shim) and
+# PYTHONDONTWRITEBYTECODE may be set in the environment.
+compile: venv
+	@$(PY) -m compileall -q dockyard >/dev/null
+
+demo: deps compile
 	$(PY) -m dockyard.demo
 
-test: deps
+test: deps compile
 	$(PY) -m ruff check dockyard tests bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -43,8 +48,10 @@ unit: venv
 lint: venv
 	$(PY) -m ruff check dockyard tests bench
 
-bench: deps
+bench: deps compile
 	$(PY) bench/runc_run.py
+	$(PY) bench/ctr_run.py
+	@echo "pull benchmark (downloads a Debian base once): $(PY) bench/pull.py"
 
 clean:
 	rm -rf $(VENV) build *.egg-info
