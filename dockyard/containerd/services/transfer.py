@@ -2,10 +2,12 @@
 
 For the engine: one call pulls a reference into the content store (under a
 temporary lease, so a concurrent garbage collection cannot take half a pull),
-records the image in the request's namespace, optionally unpacks it into a
-snapshotter, and streams per-layer progress lines ("Downloading",
-"Extracting", "Pull complete") followed by the image record. Push streams
-the same way and ends with the pushed descriptor.
+records the image in the request's namespace, and streams per-layer
+progress lines ("Downloading", "Extracting", "Pull complete") followed by
+the image record. With unpack, each layer is extracted into the snapshotter
+while it downloads, and the image is recorded only once the unpacked chain
+matches its config. Push streams the same way and ends with the pushed
+descriptor.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import secrets
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from dockyard import errdefs
 from dockyard.containerd.api.dockyard.transfer.v1 import transfer_pb2 as api
@@ -25,13 +28,13 @@ from dockyard.containerd.services.images import (
     descriptor_to_proto,
     image_to_proto,
 )
+from dockyard.image.core import Descriptor
 from dockyard.image.distribution import Credentials, RegistryConfig, pull, push
-from dockyard.image.distribution import progress as status
-from dockyard.image.distribution.progress import ProgressEvent, short_id
+from dockyard.image.distribution.progress import ProgressEvent
 from dockyard.image.images import Image
 from dockyard.image.leases import Resource
 from dockyard.image.reference import parse_reference
-from dockyard.image.unpack import LayerResult, unpack
+from dockyard.image.unpack import StreamUnpacker
 
 DEFAULT_SNAPSHOTTER = "overlayfs"
 _DONE = object()
@@ -68,6 +71,12 @@ class TransferService:
             raise errdefs.InvalidArgument("pull needs a reference")
         ref = parse_reference(request.reference)
         store = self.context.content
+        snapshotter_name = request.snapshotter or DEFAULT_SNAPSHOTTER
+        unpacker = None
+        if request.unpack:
+            unpacker = StreamUnpacker(
+                store, self.context.snapshotters.get_or_raise(snapshotter_name),
+                snapshotter_name=snapshotter_name)
         leases = self.context.leases
         lease = leases.create(self.context.lease_key(namespace, f"transfer-{secrets.token_hex(8)}"),
                               expire_in=3600)
@@ -75,36 +84,35 @@ class TransferService:
             def hold(digest: str) -> None:
                 leases.add_resource(lease.id, Resource.content(digest))
 
-            def on_event(event: ProgressEvent) -> None:
-                sink(event)
+            def held(desc: Descriptor) -> None:
+                hold(desc.digest)
+
+            def unpack_layer(layer: Descriptor, stream: BinaryIO) -> None:
+                unpacker(layer, stream)  # type: ignore[misc]
+                # Nothing names the new snapshot until finish() labels the
+                # config, so the lease keeps a collection from taking it.
+                hold(layer.digest)
+                leases.add_resource(lease.id, Resource.snapshot(
+                    snapshotter_name, unpacker.results[-1].chain_id))  # type: ignore[union-attr]
 
             result = pull(ref, store, platform=request.platform or None,
                           credentials=_credentials(request.auth, ref.domain),
                           config=RegistryConfig(
                               insecure_registries=tuple(request.insecure_registries)),
-                          progress=on_event, unpack=lambda desc: hold(desc.digest))
+                          progress=sink,
+                          unpack=held if unpacker is None else None,
+                          unpack_stream=unpack_layer if unpacker is not None else None)
             for desc in (result.target, result.manifest_descriptor, result.config_descriptor):
                 hold(desc.digest)
-            image = self.images.put(namespace, Image(name=str(ref), target=result.target,
-                                                     labels=dict(request.labels)))
-            if request.unpack:
-                self._unpack(request, image, sink)
-            return image
+            if unpacker is not None:
+                # Checks the extracted chain against the config's diff_ids
+                # before the image is recorded, so a name never points at an
+                # image whose layers did not unpack to what it promises.
+                unpacker.finish(result.target, platform=request.platform or None)
+            return self.images.put(namespace, Image(name=str(ref), target=result.target,
+                                                    labels=dict(request.labels)))
         finally:
             leases.delete(lease.id)
-
-    def _unpack(self, request: api.PullRequest, image: Image,
-                sink: Callable[[ProgressEvent], None]) -> None:
-        name = request.snapshotter or DEFAULT_SNAPSHOTTER
-        snapshotter = self.context.snapshotters.get_or_raise(name)
-
-        def on_layer(layer: LayerResult) -> None:
-            sink(ProgressEvent(short_id(layer.digest),
-                               status.PULL_COMPLETE if layer.extracted
-                               else status.ALREADY_EXISTS))
-
-        unpack(self.context.content, snapshotter, image.target, snapshotter_name=name,
-               platform=request.platform or None, progress=on_layer)
 
     def push(self, namespace: str, request: api.PushRequest,
              sink: Callable[[ProgressEvent], None]) -> api.PushResult:
