@@ -20,27 +20,6 @@ pytestmark = [pytest.mark.compat, pytest.mark.integration, pytest.mark.requires_
 IMAGE = "docker.io/library/busybox:latest"
 
 
-@pytest.fixture(scope="session")
-def busybox_docker_archive(tmp_path_factory) -> str:
-    from dockyard.image.archive import save_docker_archive
-    from dockyard.image.content import LocalContentStore
-    from dockyard.image.images import ImageStore
-    from dockyard.image.testimages import build_busybox_image
-
-    work = tmp_path_factory.mktemp("ctr-tasks-busybox")
-    store = LocalContentStore(str(work / "content"))
-    images = ImageStore(str(work / "images.db"))
-    try:
-        build_busybox_image(store, images, reference=IMAGE)
-        out = str(work / "busybox.tar")
-        with open(out, "wb") as f:
-            save_docker_archive(store, images, [IMAGE], f)
-    finally:
-        store.close()
-        images.close()
-    return out
-
-
 @pytest.fixture
 def daemon(backend, busybox_docker_archive):
     if not backend.extra.get("busybox-imported"):

@@ -266,29 +266,8 @@ CTR = "/usr/bin/ctr"
 IMAGE = "docker.io/library/busybox:latest"
 
 
-@pytest.fixture(scope="module")
-def busybox_archive(tmp_path_factory) -> str:
-    from dockyard.image.archive import save_docker_archive
-    from dockyard.image.content import LocalContentStore
-    from dockyard.image.images import ImageStore
-    from dockyard.image.testimages import build_busybox_image
-
-    work = tmp_path_factory.mktemp("busybox-archive")
-    store = LocalContentStore(str(work / "content"))
-    images = ImageStore(str(work / "images.db"))
-    try:
-        build_busybox_image(store, images, reference=IMAGE)
-        out = str(work / "busybox.tar")
-        with open(out, "wb") as f:
-            save_docker_archive(store, images, [IMAGE], f)
-    finally:
-        store.close()
-        images.close()
-    return out
-
-
 @pytest.fixture
-def own_daemon(session_env, busybox_archive):
+def own_daemon(session_env, busybox_docker_archive):
     if not os.access(CTR, os.X_OK):
         pytest.skip("ctr not installed (Debian package containerd)")
     from tests.fixtures.containerd import _stop, start_dockyard
@@ -296,7 +275,7 @@ def own_daemon(session_env, busybox_archive):
     name = f"dyc-{uuid.uuid4().hex[:6]}"
     daemon = start_dockyard(session_env.base, name)
     try:
-        r = daemon.ctr("images", "import", busybox_archive)
+        r = daemon.ctr("images", "import", busybox_docker_archive)
         assert r.returncode == 0, r.stderr
         yield daemon
     finally:
@@ -415,7 +394,7 @@ def test_50_tasks_in_parallel(own_daemon, session_env):
     # Mounts, cgroups and shim processes are checked by the leak checker.
 
 
-def test_spare_shim(session_env, busybox_archive, monkeypatch):
+def test_spare_shim(session_env, busybox_docker_archive, monkeypatch):
     """With a spare shim, tasks still run right; a dead spare is replaced; the
     daemon's orderly stop takes the spare with it."""
     if not os.access(CTR, os.X_OK):
@@ -426,7 +405,7 @@ def test_spare_shim(session_env, busybox_archive, monkeypatch):
     name = f"dyc-spare-{uuid.uuid4().hex[:6]}"
     daemon = start_dockyard(session_env.base, name)
     try:
-        assert daemon.ctr("images", "import", busybox_archive).returncode == 0
+        assert daemon.ctr("images", "import", busybox_docker_archive).returncode == 0
         spare_dir = os.path.join(daemon.state, "spare")
         for n in range(3):
             cid = f"spare{n}"
