@@ -9,14 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from dockyard.runtime import specgen
 from tests.fixtures.busybox import Bundle, runc_binary
 from tests.fixtures.leakcheck import reap_zombies
 
@@ -142,18 +140,6 @@ def cgroup_dirs(session_env, bundle: Bundle) -> list[str]:
 def assert_nothing_left(session_env, bundle: Bundle, cid: str) -> None:
     assert not os.path.exists(os.path.join(session_env.runc_root, cid)), "state dir left"
     assert cgroup_dirs(session_env, bundle) == [], "cgroup left"
-
-
-def make_bundle(busybox_rootfs: str, session_env, name: str) -> Bundle:
-    """What the `bundle` fixture makes, for fixtures with a wider scope."""
-    path = os.path.join(session_env.base, "bundles", f"{name}-{uuid.uuid4().hex[:6]}")
-    os.makedirs(path)
-    shutil.copytree(busybox_rootfs, os.path.join(path, "rootfs"), symlinks=True)
-    config = specgen.default_spec(args=["sh"])
-    config["linux"]["cgroupsPath"] = f"{session_env.cgroup_parent}/{os.path.basename(path)}"
-    b = Bundle(path=path, config=config)
-    b.write()
-    return b
 
 
 def proc_status_field(text: str, name: str) -> str:

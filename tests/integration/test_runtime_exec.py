@@ -12,13 +12,12 @@ import subprocess
 
 import pytest
 
-from tests.fixtures.busybox import runc_binary
+from tests.fixtures.busybox import make_bundle, runc_binary
 from tests.integration.runtime_helpers import (
     DOCKER_CAP_MASK,
     created,
     delete_reaping,
     exec_,
-    make_bundle,
     new_id,
     proc_status_field,
     runc,
