@@ -147,6 +147,7 @@ class TaskManager:
         self.use_spare = os.environ.get("DOCKYARD_SHIM_SPARE", "1") != "0"
         self._spare: tuple[int, str, str] | None = None  # pid, address, dir
         self._spare_task: asyncio.Task | None = None
+        self._warming: asyncio.Future | None = None
 
     # ------------------------------------------------------------- helpers
 
@@ -201,6 +202,12 @@ class TaskManager:
         runtime_options = options or (container.runtime_options.value
                                       if container.runtime_options else None)
         runtime = select_runtime(container.runtime_name, runtime_options, runtime_path)
+        # The runtime will move the init into its cgroup in ~10-40 ms; start the
+        # kernel's grace period for that now, off the loop (see cgwarm). One at
+        # a time: concurrent creates share a grace period anyway.
+        if self._warming is None or self._warming.done():
+            from dockyard.runtime.linux import cgwarm
+            self._warming = asyncio.get_running_loop().run_in_executor(None, cgwarm.warm_now)
         if not rootfs and container.snapshot_key:
             snapshotter = self.context.snapshotters.get_or_raise(container.snapshotter)
             rootfs = await asyncio.to_thread(snapshotter.mounts, container.snapshot_key)
@@ -214,6 +221,9 @@ class TaskManager:
         task = Task(namespace=namespace, id=task_id, bundle=bundle, runtime=runtime,
                     address=os.path.join(self.socket_dir, f"{digest}.sock"))
         self.tasks[(namespace, task_id)] = task
+        clock = asyncio.get_running_loop().time
+        started = clock()
+        phases: list[str] = []
         try:
             async with task.lock:
                 root = spec.setdefault("root", {})
@@ -226,23 +236,33 @@ class TaskManager:
                     await asyncio.to_thread(mountlib.mount_all, list(rootfs), rootfs_dir)
                     task.rootfs_mounted = True
                 task.save()
+                phases.append(f"bundle+mount {1000 * (clock() - started):.0f}")
                 runtime_root = os.path.join(self.state_dir, "runtime", namespace)
-                spare = self._take_spare() if runtime == "builtin" else None
+                spare = await self._take_spare() if runtime == "builtin" else None
                 if spare is not None and not await self._adopt(task, spare, runtime_root):
                     spare = None
                 if spare is None:
                     task.shim_pid = await launch_async(ShimConfig(
                         namespace=namespace, id=task_id, bundle=bundle, state_dir=bundle,
                         address=task.address, runtime=runtime, runtime_root=runtime_root))
-                task.save()
+                    task.save()  # (_adopt saved an adopted spare's)
+                phases.append(f"{'spare' if spare else 'new'} shim {1000 * (clock() - started):.0f}")
                 result = await self.call(task, "create", stdin=stdin, stdout=stdout,
                                          stderr=stderr, terminal=terminal)
                 task.pid = int(result["pid"])
                 task.save()
+                phases.append(f"runtime create {1000 * (clock() - started):.0f}")
                 task.watcher = asyncio.create_task(self._watch(task))
         except BaseException:
             await self._cleanup(task, kill_shim=True)
             raise
+        finally:
+            if runtime == "builtin":
+                # The next spare starts once this create's heavy part is over (it
+                # would compete with it for the CPU), and no later.
+                self._refill_spare()
+        log.debug("task %s/%s create (ms since start): %s", namespace, task_id,
+                  ", ".join(phases))
         from dockyard.containerd.api.events import task_pb2 as ev
         from dockyard.containerd.services.snapshots import mount_to_proto
         self._publish(namespace, "/tasks/create", ev.TaskCreate(
@@ -286,14 +306,19 @@ class TaskManager:
                     await task.client.call("shutdown", force=True)
             await task.client.close()
             task.client = None
-        if kill_shim and task.shim_pid:
-            await _wait_gone(task.shim_pid)
-        rootfs_dir = os.path.join(task.bundle, "rootfs")
-        if task.rootfs_mounted or os.path.ismount(rootfs_dir):
-            await asyncio.to_thread(mountlib.unmount_all, rootfs_dir)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(task.address)
-        shutil.rmtree(task.bundle, ignore_errors=True)
+        # The shim holds nothing under the rootfs: it exits while we unmount.
+        shim_gone = (asyncio.create_task(_wait_gone(task.shim_pid))
+                     if kill_shim and task.shim_pid else None)
+        try:
+            rootfs_dir = os.path.join(task.bundle, "rootfs")
+            if task.rootfs_mounted or os.path.ismount(rootfs_dir):
+                await asyncio.to_thread(mountlib.unmount_all, rootfs_dir)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(task.address)
+            shutil.rmtree(task.bundle, ignore_errors=True)
+        finally:
+            if shim_gone is not None:
+                await shim_gone
         self.tasks.pop((task.namespace, task.id), None)
 
     # ----------------------------------------------------------- lifecycle
@@ -319,6 +344,8 @@ class TaskManager:
 
         from dockyard.containerd.api.events import task_pb2 as ev
         task = self.get(namespace, task_id)
+        clock = asyncio.get_running_loop().time
+        started = clock()
         async with task.lock:
             if task.dead:
                 result = self._dead_state(task)
@@ -326,8 +353,11 @@ class TaskManager:
                     await asyncio.to_thread(_force_runtime_delete, task, self.state_dir)
             else:
                 result = await self.call(task, "delete", exec_id=exec_id)
+            deleted = clock()
             if not exec_id:
                 await self._cleanup(task, kill_shim=True)
+        log.debug("task %s/%s delete %s: runtime %.0f ms, cleanup %.0f ms", namespace, task_id,
+                  exec_id, 1000 * (deleted - started), 1000 * (clock() - deleted))
         stamp = timestamp_pb2.Timestamp()
         stamp.FromNanoseconds(int(result.get("exited_at") or 0))
         self._publish(namespace, "/tasks/delete", ev.TaskDelete(
@@ -415,21 +445,23 @@ class TaskManager:
         shutil.rmtree(spare_dir, ignore_errors=True)
         return True
 
-    def _take_spare(self) -> tuple[int, str, str] | None:
+    async def _take_spare(self) -> tuple[int, str, str] | None:
+        if self._spare is None and self._spare_task is not None \
+                and not self._spare_task.done():
+            # One already on its way is nearer to ready than a shim started now.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._spare_task)
         spare, self._spare = self._spare, None
-        self._refill_spare()
         return spare
 
     def _refill_spare(self) -> None:
-        if not self.use_spare or (self._spare_task is not None and not self._spare_task.done()):
+        if not self.use_spare or self._spare is not None or (
+                self._spare_task is not None and not self._spare_task.done()):
             return
         self._spare_task = asyncio.create_task(self._launch_spare())
 
-    async def _launch_spare(self, delay: float = 0.3) -> None:
+    async def _launch_spare(self) -> None:
         import uuid
-        # Not while the task that took the last spare is still starting:
-        # the new shim's imports would compete with it for the CPU.
-        await asyncio.sleep(delay)
         name = uuid.uuid4().hex[:16]
         directory = os.path.join(self.spare_dir, name)
         os.makedirs(directory, mode=0o711, exist_ok=True)
@@ -534,6 +566,7 @@ def _force_runtime_delete(task: Task, state: str) -> None:
 async def _wait_gone(pid: int, timeout: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    await _pidfd_exited(pid, timeout)
     while loop.time() < deadline:
         try:
             # Our child only when we are its subreaper; reap it then.
@@ -550,3 +583,21 @@ async def _wait_gone(pid: int, timeout: float = 5.0) -> None:
             except OSError:
                 return
         await asyncio.sleep(0.01)
+
+
+async def _pidfd_exited(pid: int, timeout: float) -> None:
+    """Wake when pid exits (a pidfd turns readable) rather than on the next poll tick."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return  # gone already, or no pidfd: the caller's polling decides
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await asyncio.wait_for(exited, timeout)
+    except TimeoutError:
+        pass
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)

@@ -8,16 +8,16 @@ mount last), then becomes the process like the init does.
 
 from __future__ import annotations
 
+import _socket as socket  # not socket.py: its enums and imports cost ~5 ms
 import os
 import signal
-import socket
 
 from dockyard import errdefs
 from dockyard.linux import syscalls as sc
 from dockyard.record import record, replace
 from dockyard.runtime import state as st
 from dockyard.runtime.init import Prepared, Sync, _describe, _setup_console, become_process
-from dockyard.runtime.linux import namespaces
+from dockyard.runtime.linux import cgwarm, namespaces
 from dockyard.runtime.spec import Process, parse_spec
 
 
@@ -69,6 +69,7 @@ def exec_process(runtime, container_id: str, process: Process,
         console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         console.connect(options.console_socket)
     parent_sync, child_sync = Sync.pair()
+    cgwarm.wait()
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     pid = 0
     try:

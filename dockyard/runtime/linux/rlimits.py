@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Iterable
-from typing import Any
 
 from dockyard import errdefs
 from dockyard.record import record
+
+# typing costs ~4 ms of start-up on `dockyard-runc run`; annotations only need it
+# for type checkers.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Numbers from <asm-generic/resource.h> (x86, arm, riscv, ...); the resource
 # module's own constant wins where it has one (it lacks RLIMIT_LOCKS).

@@ -7,15 +7,20 @@ kill_all(SIGKILL) → remove(). remove() is idempotent.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-
 from . import paths
 from .resources import Resources
 from .v1 import V1Manager
 from .v2 import V2Manager
 
+# A Protocol for type checkers only: typing costs start-up time on
+# `dockyard-runc run`, and nothing checks managers with isinstance.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object
 
-@runtime_checkable
+
 class CgroupManager(Protocol):
     """One container's cgroup, in whichever hierarchy the host uses.
 
@@ -54,6 +59,8 @@ def new_manager(cgroups_path: str | None, container_id: str, *,
     cgroups_path None or "" means "/dockyard/<container_id>".
     """
     paths.check_cgroups_path(cgroups_path)
-    if paths.host_is_unified():
+    # mountinfo is read once here: on a host with many mounts it is the dear part.
+    mounts = paths.read_cgroup_mounts()
+    if paths.host_is_unified(mounts):
         return V2Manager.for_host(cgroups_path, container_id, rootless=rootless)
-    return V1Manager.for_host(cgroups_path, container_id, rootless=rootless)
+    return V1Manager.for_host(cgroups_path, container_id, rootless=rootless, mounts=mounts)

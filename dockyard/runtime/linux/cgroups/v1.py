@@ -34,11 +34,12 @@ class V1Manager:
 
     @classmethod
     def for_host(cls, cgroups_path: str | None, container_id: str, *,
-                 rootless: bool = False) -> V1Manager:
+                 rootless: bool = False,
+                 mounts: list[paths.CgroupMount] | None = None) -> V1Manager:
         own = paths.read_self_cgroup()
         dirs: dict[str, str] = {}
         resolved = paths.resolve(cgroups_path, container_id, own.get("memory", "/"))
-        for mount in paths.read_cgroup_mounts():
+        for mount in paths.read_cgroup_mounts() if mounts is None else mounts:
             if mount.fs_type != "cgroup":
                 continue
             for controller in mount.controllers:
