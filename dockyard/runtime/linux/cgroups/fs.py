@@ -173,3 +173,24 @@ def wait_for(predicate, timeout: float, what: str) -> None:
             raise Unavailable(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def signal_frozen(manager, sig: int, *, can_freeze: bool = True) -> None:
+    """Signal every process in manager's cgroup, frozen meanwhile when possible:
+    a forking process cannot escape between the listing and the kill."""
+    frozen = False
+    if can_freeze:
+        try:
+            manager.freeze()
+            frozen = True
+        except (Unavailable, FailedPrecondition):
+            frozen = False
+    try:
+        for pid in manager.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                continue
+    finally:
+        if frozen:
+            manager.thaw()

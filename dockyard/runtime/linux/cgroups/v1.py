@@ -177,23 +177,8 @@ class V1Manager:
         return fs.walk_pids(dirs[0]) if dirs else []
 
     def kill_all(self, sig: int) -> None:
-        # Freezing first keeps a forking process from escaping between listing and kill.
-        frozen = False
-        if "freezer" in self.dirs and os.path.isdir(self.dirs["freezer"]):
-            try:
-                self.freeze()
-                frozen = True
-            except (Unavailable, FailedPrecondition):
-                frozen = False
-        try:
-            for pid in self.pids():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    continue
-        finally:
-            if frozen:
-                self.thaw()
+        fs.signal_frozen(self, sig, can_freeze="freezer" in self.dirs
+                         and os.path.isdir(self.dirs["freezer"]))
 
     # --- accounting --------------------------------------------------------------------
 

@@ -262,22 +262,7 @@ class V2Manager:
         if sig == signal.SIGKILL and os.path.exists(os.path.join(self.dir, "cgroup.kill")):
             fs.write(self.dir, "cgroup.kill", 1, field="cgroup.kill")
             return
-        # Freezing first keeps a forking process from escaping between listing and kill.
-        frozen = False
-        try:
-            self.freeze()
-            frozen = True
-        except (Unavailable, FailedPrecondition):
-            frozen = False
-        try:
-            for pid in self.pids():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    continue
-        finally:
-            if frozen:
-                self.thaw()
+        fs.signal_frozen(self, sig)
 
     # --- accounting --------------------------------------------------------------------
 
