@@ -119,6 +119,7 @@ class Daemon:
         self.context = context
         self.server: grpc.aio.Server | None = None
         self._stopping = asyncio.Event()
+        self._bound = False
 
     async def start(self) -> None:
         ctx = self.context
@@ -141,7 +142,7 @@ class Daemon:
         t3 = time.monotonic()
         log.debug("start-up: task manager load %.0f ms, restore %.0f ms, services %.0f ms",
                   (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
-        prepare_socket(ctx.address)
+        prepare_socket(ctx.address)  # again: a stale one may have appeared meanwhile
         # bind with a restrictive umask: the socket is root's API (containerd: 0660)
         old = os.umask(0o117)
         try:
@@ -150,6 +151,7 @@ class Daemon:
             os.umask(old)
         if not port:
             raise errdefs.Unavailable(f"cannot listen on {ctx.address}")
+        self._bound = True
         await self.server.start()
         log.info("dockyard-containerd serving on %s", ctx.address)
 
@@ -157,7 +159,14 @@ class Daemon:
         self._stopping.set()
 
     async def run(self) -> None:
-        await self.start()
+        # Refused before anything starts: nothing to shut down, and the live
+        # socket is another daemon's.
+        prepare_socket(self.context.address)
+        try:
+            await self.start()
+        except BaseException:
+            await self.shutdown()
+            raise
         try:
             await self._stopping.wait()
         finally:
@@ -174,6 +183,7 @@ class Daemon:
                 await _maybe_await(tasks.close())
             except Exception:  # noqa: BLE001
                 log.exception("closing task manager")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.context.address)
+        if self._bound:  # only our own socket, never a live daemon's we refused
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.context.address)
         self.context.close()
