@@ -2,6 +2,8 @@
 on the same bundle. N runs each (default 30), interleaved so both see the
 same machine load; reports median, p90 and the ratio as text and JSON
 (bench/results/runc_run.json). Needs root, busybox-static and runc.
+dockyard's bytecode is compiled first: with PYTHONDONTWRITEBYTECODE set,
+stale .pyc files would have every run recompile from source.
 
     .venv/bin/python bench/runc_run.py [-n 30] [--runc /usr/sbin/runc]
 """
@@ -9,6 +11,7 @@ same machine load; reports median, p90 and the ratio as text and JSON
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -68,6 +71,7 @@ def main() -> int:
         raise SystemExit("needs root")
     if not os.path.exists(args.runc):
         raise SystemExit(f"{args.runc} not found (apt-get install runc)")
+    compileall.compile_dir(os.path.join(os.path.dirname(HERE), "dockyard"), quiet=1)
     base = tempfile.mkdtemp(prefix="dockyard-bench-")
     cgroup_parent = f"/dockyard-bench-{os.getpid()}"
     runtimes = {"dockyard-runc": runc_binary(), "runc": [args.runc]}

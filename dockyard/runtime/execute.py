@@ -8,9 +8,9 @@ mount last), then becomes the process like the init does.
 
 from __future__ import annotations
 
+import _signal as signal  # not signal.py: its enums (and `enum`) cost ~4 ms
 import _socket as socket  # not socket.py: its enums and imports cost ~5 ms
 import os
-import signal
 
 from dockyard import errdefs
 from dockyard.linux import syscalls as sc

@@ -8,9 +8,8 @@ and poststop failures are warnings, as the spec says.
 
 from __future__ import annotations
 
-import json
-
 from dockyard import errdefs
+from dockyard.runtime import fastjson
 from dockyard.runtime.spec import Hook
 
 
@@ -23,7 +22,7 @@ def run_hook(kind: str, hook: Hook, state: dict) -> None:
 
     argv = list(hook.args) or [hook.path]
     try:
-        proc = subprocess.run(argv, executable=hook.path, input=json.dumps(state).encode(),
+        proc = subprocess.run(argv, executable=hook.path, input=fastjson.dumps(state).encode(),
                               env=dict(e.split("=", 1) for e in hook.env if "=" in e),
                               capture_output=True, timeout=hook.timeout, close_fds=True)
     except subprocess.TimeoutExpired as exc:

@@ -11,15 +11,15 @@ over the sync socket (or stderr, after ready) and leaves with os._exit.
 
 from __future__ import annotations
 
+import _signal as signal  # not signal.py: its enums (and `enum`) cost ~4 ms
 import _socket as socket  # not socket.py: its enums and imports cost ~5 ms
-import json
 import os
-import signal
 import sys
 
 from dockyard import errdefs
 from dockyard.linux import syscalls as sc
 from dockyard.record import record
+from dockyard.runtime import fastjson
 from dockyard.runtime.hooks import run_hooks
 from dockyard.runtime.linux import capabilities, namespaces, rlimits, rootfs, tty
 from dockyard.runtime.spec import Process, Spec
@@ -45,13 +45,13 @@ class Sync:
         return cls(a), cls(b)
 
     def send(self, kind: str, **fields: Any) -> None:
-        self.sock.send(json.dumps({"type": kind, **fields}).encode())
+        self.sock.send(fastjson.dumps({"type": kind, **fields}).encode())
 
     def recv(self) -> dict:
         data = self.sock.recv(1 << 16)
         if not data:
             return {"type": "eof"}
-        return json.loads(data)
+        return fastjson.loads(data)
 
     def expect(self, kind: str) -> dict:
         msg = self.recv()
@@ -111,7 +111,14 @@ def process_env(process: Process) -> list[str]:
     return env
 
 
-def become_process(process: Process, prepared: Prepared, *, in_user_ns: bool) -> None:
+def resolve_command(process: Process) -> tuple[str, list[str]]:
+    """(executable, environment) of the process, as execve will get them."""
+    env = process_env(process)
+    return lookup_path(process.args[0], tuple(env)), env
+
+
+def become_process(process: Process, prepared: Prepared, *, in_user_ns: bool,
+                   resolved: tuple[str, list[str]] | None = None) -> None:
     """Switch user, capabilities, seccomp and execve. Never returns.
 
     Order: bounding set drop and keepcaps before setuid (so the permitted
@@ -119,8 +126,7 @@ def become_process(process: Process, prepared: Prepared, *, in_user_ns: bool) ->
     execve, except without no_new_privileges, where loading a filter needs
     CAP_SYS_ADMIN and so happens before the capabilities are reduced.
     """
-    env = process_env(process)
-    executable = lookup_path(process.args[0], tuple(env))
+    executable, env = resolved or resolve_command(process)
     caps = prepared.capabilities
     if caps is not None:
         capabilities.drop_bounding(caps)
@@ -224,7 +230,8 @@ def container_init(spec: Spec, sync: Sync, prepared: Prepared, *, state_dir: str
             with open("/proc/self/oom_score_adj", "w") as f:
                 f.write(str(process.oom_score_adj))
         rlimits.apply_rlimits(prepared.rlimits)
-        lookup_path(process.args[0], tuple(process_env(process)))
+        # Resolved once, at create, as runc does: a missing executable fails create.
+        resolved = resolve_command(process)
 
         sc.prctl(sc.PR_SET_PDEATHSIG, 0)
         sync.send("ready")
@@ -238,7 +245,7 @@ def container_init(spec: Spec, sync: Sync, prepared: Prepared, *, state_dir: str
         os.close(fifo)
         run_hooks("startContainer", spec.hooks, _state(spec, "running", state_dir))
         become_process(process, prepared, in_user_ns=user_ns_fd is not None
-                       or bool(linux.namespace("user")))
+                       or bool(linux.namespace("user")), resolved=resolved)
     except BaseException as exc:  # noqa: BLE001 - the child must never unwind
         message = _describe(exc)
         if not ready:

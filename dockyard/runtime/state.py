@@ -9,21 +9,23 @@ otherwise stopped.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 
 from dockyard import errdefs
-from dockyard.record import asdict, field, record
+from dockyard.record import field, fields, record
+from dockyard.runtime import fastjson
 
 DEFAULT_ROOT = "/run/dockyard-runc"
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,1023}$")
+# Checked without `re`, which `run` does not otherwise import (~7 ms).
+_ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_CHARS = _ID_FIRST | frozenset("_.+-")
 EXEC_FIFO = "exec.fifo"
 STATE_FILE = "state.json"
 
 
 def validate_id(container_id: str) -> None:
-    if not _ID_RE.match(container_id or ""):
+    if not (container_id and len(container_id) <= 1024 and container_id[0] in _ID_FIRST
+            and _ID_CHARS.issuperset(container_id)):
         raise errdefs.InvalidArgument(
             f"invalid container id {container_id!r}: use letters, digits, '_', '.', '+', '-'")
 
@@ -42,13 +44,15 @@ class ContainerState:
     owner: str = ""
 
     def save(self, state_dir: str) -> None:
-        write_atomic(os.path.join(state_dir, STATE_FILE), json.dumps(asdict(self)).encode())
+        # Every field is plain JSON already: no need for asdict's walk through the config.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        write_atomic(os.path.join(state_dir, STATE_FILE), fastjson.dumps(data).encode())
 
     @classmethod
     def load(cls, state_dir: str, container_id: str) -> ContainerState:
         try:
             with open(os.path.join(state_dir, STATE_FILE), "rb") as f:
-                raw = json.load(f)
+                raw = fastjson.loads(f.read())
         except FileNotFoundError:
             raise errdefs.NotFound(f"container does not exist: {container_id}") from None
         except (OSError, ValueError) as exc:

@@ -143,8 +143,15 @@ class _Builtin:
     def __init__(self, root: str) -> None:
         # Warm the imports, including what create and delete import lazily: else
         # every create's grandchild and this worker's one delete pay (~5 ms each).
-        from dockyard.runtime import container, execute, spec  # noqa: F401
-        from dockyard.runtime.linux import capabilities, cgroups, rlimits  # noqa: F401
+        from dockyard.runtime import container, execute, hooks, init, spec  # noqa: F401
+        from dockyard.runtime.linux import (  # noqa: F401
+            capabilities,
+            cgroups,
+            namespaces,
+            rlimits,
+            rootfs,
+        )
+        from dockyard.runtime.linux.cgroups import devices_bpf, resources, v1, v2  # noqa: F401
         self.runtime = container.Runtime(root)
 
     def set_root(self, root: str) -> None:

@@ -107,3 +107,13 @@ def test_current_rlimits_round_trip():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert current["RLIMIT_NOFILE"] == (soft, hard)
     assert set(current) == set(rlimits.RLIMIT_TYPES)
+
+
+def test_host_bounding_set_matches_a_prctl_probe():
+    """CapBnd from /proc/self/status is the same set PR_CAPBSET_READ reports."""
+    from dockyard.linux import syscalls
+
+    probed = {n for n in range(caps.last_cap() + 1)
+              if syscalls.prctl(syscalls.PR_CAPBSET_READ, n) == 1}
+    assert {caps.cap_number(c) if isinstance(c, str) else c
+            for c in caps.host_bounding_set()} == probed

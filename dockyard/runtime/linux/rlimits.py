@@ -9,15 +9,15 @@ needs CAP_SYS_RESOURCE in the runtime's user namespace.
 from __future__ import annotations
 
 import resource
-from collections.abc import Iterable
 
 from dockyard import errdefs
 from dockyard.record import record
 
-# typing costs ~4 ms of start-up on `dockyard-runc run`; annotations only need it
-# for type checkers.
+# typing and collections.abc cost ~4 ms of start-up on `dockyard-runc run`;
+# annotations only need them for type checkers.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any
 
 # Numbers from <asm-generic/resource.h> (x86, arm, riscv, ...); the resource

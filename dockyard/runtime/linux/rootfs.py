@@ -115,14 +115,16 @@ def _cgroup_hierarchies() -> list[tuple[str, str, str, str]]:
 
 
 def _mount_cgroup(rootfs: str, m: MountSpec, dest: str, new_cgroupns: bool) -> None:
+    # A new cgroup mount takes MS_RDONLY at once (as runc mounts it); only a
+    # bind mount needs a second, remounting call to become read-only.
     flags = m.flags | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
     hierarchies = _cgroup_hierarchies()
     if any(h[0] == "/sys/fs/cgroup" and h[1] == "cgroup2" for h in hierarchies):
         if new_cgroupns:
-            sc.mount("cgroup2", dest, "cgroup2", flags & ~sc.MS_RDONLY)
-        else:
-            own = _own_cgroup_path("")
-            sc.mount("/sys/fs/cgroup" + own, dest, None, sc.MS_BIND | sc.MS_REC)
+            sc.mount("cgroup2", dest, "cgroup2", flags)
+            return
+        own = _own_cgroup_path("")
+        sc.mount("/sys/fs/cgroup" + own, dest, None, sc.MS_BIND | sc.MS_REC)
         if flags & sc.MS_RDONLY:
             sc.mount(None, dest, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
         return
@@ -135,11 +137,10 @@ def _mount_cgroup(rootfs: str, m: MountSpec, dest: str, new_cgroupns: bool) -> N
         target = os.path.join(dest, name)
         os.makedirs(target, exist_ok=True)
         if new_cgroupns:
-            data = None if fstype == "cgroup2" else options
-            sc.mount(fstype, target, fstype, flags & ~sc.MS_RDONLY, data)
-        else:
-            own = _own_cgroup_path(options if fstype == "cgroup" else "")
-            sc.mount(mountpoint + own, target, None, sc.MS_BIND | sc.MS_REC)
+            sc.mount(fstype, target, fstype, flags, None if fstype == "cgroup2" else options)
+            continue
+        own = _own_cgroup_path(options if fstype == "cgroup" else "")
+        sc.mount(mountpoint + own, target, None, sc.MS_BIND | sc.MS_REC)
         if flags & sc.MS_RDONLY:
             sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
     if flags & sc.MS_RDONLY:

@@ -8,15 +8,14 @@ kill_all(SIGKILL) → remove(). remove() is idempotent.
 from __future__ import annotations
 
 from . import paths
-from .resources import Resources
-from .v1 import V1Manager
-from .v2 import V2Manager
 
 # A Protocol for type checkers only: typing costs start-up time on
 # `dockyard-runc run`, and nothing checks managers with isinstance.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
+
+    from .resources import Resources
 else:
     Protocol = object
 
@@ -62,5 +61,7 @@ def new_manager(cgroups_path: str | None, container_id: str, *,
     # mountinfo is read once here: on a host with many mounts it is the dear part.
     mounts = paths.read_cgroup_mounts()
     if paths.host_is_unified(mounts):
+        from .v2 import V2Manager
         return V2Manager.for_host(cgroups_path, container_id, rootless=rootless)
+    from .v1 import V1Manager
     return V1Manager.for_host(cgroups_path, container_id, rootless=rootless, mounts=mounts)

@@ -8,8 +8,6 @@ bundle without reading a traceback. Absent fields stay None and are not written.
 
 from __future__ import annotations
 
-import re
-
 from dockyard.errdefs import InvalidArgument
 from dockyard.record import field, record
 
@@ -22,8 +20,8 @@ if TYPE_CHECKING:
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
 _UINT64_MAX = (1 << 64) - 1
-_PAGE_SIZE_RE = re.compile(r"^[1-9][0-9]*[KMG]B$")
-_CPU_LIST_RE = re.compile(r"^\s*$|^\d+(-\d+)?(,\d+(-\d+)?)*$")
+_PAGE_SIZE_RE = r"^[1-9][0-9]*[KMG]B$"
+_CPU_LIST_RE = r"^\s*$|^\d+(-\d+)?(,\d+(-\d+)?)*$"
 
 
 @record(frozen=True)
@@ -236,9 +234,15 @@ def _memory(raw: dict | None, where: str) -> Memory | None:
     return mem
 
 
+def _matches(pattern: str, value: str) -> bool:
+    # `re` only when a config has such a field: `run` does not otherwise import it (~7 ms).
+    import re
+    return re.match(pattern, value) is not None
+
+
 def _cpuset_list(raw: dict, key: str, where: str) -> str | None:
     value = _str(raw, key, where)
-    if value is not None and not _CPU_LIST_RE.match(value):
+    if value is not None and not _matches(_CPU_LIST_RE, value):
         raise InvalidArgument(f"{where}.{key}: {value!r} is not a list like '0-2,4'")
     return value
 
@@ -345,7 +349,7 @@ def _device(raw: Any, where: str) -> DeviceRule:
 def _hugepage(raw: Any, where: str) -> HugepageLimit:
     _need_object(raw, where)
     size = _str(raw, "pageSize", where)
-    if size is None or not _PAGE_SIZE_RE.match(size):
+    if size is None or not _matches(_PAGE_SIZE_RE, size):
         raise InvalidArgument(f"{where}.pageSize: {size!r} must look like '2MB' or '1GB'")
     limit = _uint(raw, "limit", where, required=True)
     assert limit is not None

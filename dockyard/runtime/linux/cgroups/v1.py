@@ -12,8 +12,13 @@ import os
 from dockyard.errdefs import FailedPrecondition, InvalidArgument, Unavailable
 
 from . import fs, paths
-from .resources import CPU, BlockIO, Memory, Resources
 from .stats import cpuacct_stat_to_ns, empty_stats
+
+# resources.py is for type checkers only here: delete, kill and state never
+# parse limits, and each module imported costs every command start-up time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .resources import CPU, BlockIO, Memory, Resources
 
 # Hierarchies a container joins, like runc's cgroupfs driver (name=systemd included,
 # so tools that look there find the container).
@@ -130,7 +135,13 @@ class V1Manager:
         if resources.devices:
             directory = self._dir("devices")
             fs.write(directory, "devices.deny", "a", field=f"{_R}.devices")
-            for i, rule in enumerate(resources.devices):
+            # Deny-all rules right after that reset (Docker's configs start with
+            # one) would only write the same "a" again.
+            rules = resources.devices
+            first = 0
+            while first < len(rules) and rules[first].type == "a" and not rules[first].allow:
+                first += 1
+            for i, rule in enumerate(rules[first:], first):
                 fs.write(directory, "devices.allow" if rule.allow else "devices.deny",
                          rule.v1_line(), field=f"{_R}.devices[{i}]")
 

@@ -7,14 +7,19 @@ controller the root offers. Device rules are an eBPF program (devices_bpf).
 
 from __future__ import annotations
 
+import _signal as signal  # not signal.py: its enums (and `enum`) cost ~4 ms
 import os
-import signal
 
 from dockyard.errdefs import FailedPrecondition, InvalidArgument, Unavailable
 
-from . import devices_bpf, fs, paths
-from .resources import CPU, BlockIO, Memory, Resources
+from . import fs, paths
 from .stats import empty_stats
+
+# resources.py is for type checkers only here: delete, kill and state never
+# parse limits, and each module imported costs every command start-up time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .resources import CPU, BlockIO, Memory, Resources
 
 _FREEZE_TIMEOUT = 5.0
 _R = "linux.resources"
@@ -142,6 +147,9 @@ class V2Manager:
         for key, value in resources.unified.items():
             fs.write(self.dir, key, value, field=f"{_R}.unified.{key}")
         if resources.devices:
+            # Here only: its ctypes bindings cost start-up to every command.
+            from . import devices_bpf
+
             devices_bpf.apply_rules(self.dir, resources.devices)
 
     def _set_memory(self, memory: Memory) -> None:
