@@ -10,6 +10,7 @@ and the resident memory of one dockyard shim with a running task.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -95,6 +96,10 @@ def main() -> int:
         for d in daemons:
             _stop(d)
         os.system(f"rm -rf '{work}'")
+        # ctr puts containers in /<namespace>/<id>; both runtimes leave the parent.
+        for hierarchy in os.listdir("/sys/fs/cgroup"):
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join("/sys/fs/cgroup", hierarchy, "bench"))
     result = {"runs": args.n,
               "median_ms": {k: round(statistics.median(v) * 1000, 1) for k, v in times.items()},
               "shim_rss_kib": rss}
